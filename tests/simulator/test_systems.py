@@ -39,7 +39,7 @@ def test_batching_systems_serve_everything_at_low_rate(system):
 
 def test_planner_systems_serve_everything_at_low_rate():
     for system in _planner_systems():
-        res = simulate(RunSpec(system, cost(), SPEC, seed=1), REQS, rate=0.5)
+        res = simulate(RunSpec(system, cost(), SPEC, seed=1, validate=True), REQS, rate=0.5)
         assert all(r.finished for r in res), system
 
 
@@ -93,3 +93,12 @@ def test_unknown_system_and_bad_disagg_split():
 def test_kv_capacity_from_memory():
     # 2 × 80 GB × 0.9 − 13.5 GB = 130.5 GB at 0.5 MB/token -> 261000 tokens
     assert kv_tokens_from_memory(cost()) == 261_000
+
+
+def test_esp_pools_kv_across_instances_replicas_cannot():
+    _planner_systems()
+    big = [REQS[0].__class__(0, 60_000, 8, 0.0), REQS[0].__class__(1, 500, 8, 0.0)]
+    esp = simulate(RunSpec("esp", cost(), SPEC, validate=True), big, rate=1.0)
+    rep = simulate(RunSpec("replicas", cost(), SPEC, validate=True), big, rate=1.0)
+    assert all(r.finished for r in esp)
+    assert not rep[0].finished and rep[1].finished

@@ -58,7 +58,8 @@ class PlannerEngine:
     """One scheduler over ``num_instances`` instances driven by a planner policy."""
 
     def __init__(self, name: str, policy, cost: CostModel, num_instances: int,
-                 blocks_per_instance: int, block_size: int, keep_trace: bool = False):
+                 blocks_per_instance: int, block_size: int, keep_trace: bool = False,
+                 validate: bool = False):
         self.name = name
         self.policy = policy
         self.cost = cost
@@ -68,6 +69,7 @@ class PlannerEngine:
         self._running_ids: list[str] = []  # requests touched by the iteration in flight
         self._prefilled: list[str] = []
         self.rejected: list[str] = []
+        self.validate = validate  # check every plan with the planner's own validator (slow)
 
     def add(self, req: Request, now: float, state: object = None) -> None:
         self.state.add_request(PlannerRequest(
@@ -82,6 +84,12 @@ class PlannerEngine:
             if plan.rejected:
                 self.state.apply_plan(plan)
             return None
+        if self.validate:
+            from vllm_esp.planner.validate import validate_plan
+
+            errs = validate_plan(self.state, plan)
+            if errs:
+                raise AssertionError(f"{self.name} at t={now:.6f}: invalid plan: {errs}")
         dur = plan_time(plan, self.state, self.cost)
         self._prefilled = [rid for pb in plan.prefill for rid in pb.req_ids]
         self._running_ids = self._prefilled + [rid for db in plan.decode for rid in db.masters]

@@ -60,18 +60,18 @@ def kv_tokens_from_memory(cost: CostModel, gpu_mem_gb: float = 80.0, weights_gb:
 
 
 def build(system: str, cost: CostModel, spec: ClusterSpec, manager_cfg=None,
-          keep_trace: bool = False) -> tuple[list[Engine], Router]:
+          keep_trace: bool = False, validate: bool = False) -> tuple[list[Engine], Router]:
     """Fresh engines (no shared state with earlier runs) and the router of ``system``."""
     from vllm_esp.planner.policies import make_policy  # lazy: keeps CLI --help light
 
     n, bpi, bs = spec.num_instances, spec.blocks_per_instance, spec.block_size
     if system in ("esp", "static_sp"):
         e = PlannerEngine(system, make_policy(system, cost, manager_cfg), cost, n, bpi, bs,
-                          keep_trace)
+                          keep_trace, validate)
         return [e], lambda r: e
     if system == "replicas":
         es = [PlannerEngine(f"replica{i}", make_policy("replicas", cost, manager_cfg), cost, 1,
-                            bpi, bs, keep_trace) for i in range(n)]
+                            bpi, bs, keep_trace, validate) for i in range(n)]
         return es, round_robin(es)
     if system == "chunked":
         e = BatchingEngine("chunked", cost, n, bpi, bs, spec.token_budget, spec.max_num_seqs)

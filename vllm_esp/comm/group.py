@@ -50,7 +50,5 @@ def init_esp_process_group(
         raise ValueError(f"unsupported ESP backend {backend!r} (gloo or nccl)")
     store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
     prefix = dist.PrefixStore("vllm_esp", store)
-    pg = dist.ProcessGroupGloo(prefix, rank, world_size, timeout)
-    # Keep the store alive as long as the group: gloo reads it lazily on some paths.
-    pg._esp_store = store  # type: ignore[attr-defined]
-    return pg
+    # The prefix store holds a reference to the TCP store, so the group keeps it alive.
+    return dist.ProcessGroupGloo(prefix, rank, world_size, timeout)

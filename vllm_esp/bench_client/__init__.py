@@ -1,0 +1,1 @@
+"""Real-run benchmark client: replays a workload against an OpenAI-compatible server."""

@@ -38,14 +38,14 @@ def test_batching_systems_serve_everything_at_low_rate(system):
 
 
 def test_planner_systems_serve_everything_at_low_rate():
-    for system in _planner_systems():
+    for system in _planner_systems() + ("esp_async",):
         res = simulate(RunSpec(system, cost(), SPEC, seed=1, validate=True), REQS, rate=0.5)
         assert all(r.finished for r in res), system
 
 
-@pytest.mark.parametrize("system", ["esp", "chunked", "disagg"])
+@pytest.mark.parametrize("system", ["esp", "esp_async", "chunked", "disagg"])
 def test_same_seed_same_result(system):
-    if system == "esp":
+    if system.startswith("esp"):
         _planner_systems()
     a = simulate(RunSpec(system, cost(), SPEC, seed=7), REQS, rate=2.0)
     b = simulate(RunSpec(system, cost(), SPEC, seed=7), REQS, rate=2.0)
@@ -57,7 +57,7 @@ def test_same_seed_same_result(system):
 def test_every_system_sees_identical_arrivals():
     systems = list(BATCHING)
     try:
-        systems += _planner_systems()
+        systems += _planner_systems() + ("esp_async",)
     except pytest.skip.Exception:
         pass
     want = [(r.request_id, r.prompt_len, r.output_len, r.arrival)
@@ -99,6 +99,8 @@ def test_esp_pools_kv_across_instances_replicas_cannot():
     _planner_systems()
     big = [REQS[0].__class__(0, 60_000, 8, 0.0), REQS[0].__class__(1, 500, 8, 0.0)]
     esp = simulate(RunSpec("esp", cost(), SPEC, validate=True), big, rate=1.0)
+    assert all(r.finished for r in simulate(RunSpec("esp_async", cost(), SPEC, validate=True),
+                                            big, rate=1.0))
     rep = simulate(RunSpec("replicas", cost(), SPEC, validate=True), big, rate=1.0)
     assert all(r.finished for r in esp)
     assert not rep[0].finished and rep[1].finished

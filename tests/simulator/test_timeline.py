@@ -83,3 +83,17 @@ def test_round_robin_replicas_are_independent_clocks():
     res = run(reqs, es, round_robin(es))
     assert res[1].first_token == pytest.approx(0.35) and res[1].finish == pytest.approx(0.40)
     assert res[0].finish == pytest.approx(0.30)
+
+
+def test_async_groups_run_on_their_own_clocks():
+    # Same requests as the lockstep test, but r1 starts on the idle instance 1 at its arrival:
+    #   inst 0: prefill r0 [0, 0.2], decode [0.2, 0.25], [0.25, 0.30] -> r0 done at 0.30
+    #   inst 1: prefill r1 [0.05, 0.35], decode [0.35, 0.40]            -> r1 done at 0.40
+    from vllm_esp.simulator.async_engine import AsyncPlannerEngine
+
+    reqs = [Request(0, 100, 3, 0.0), Request(1, 200, 2, 0.05)]
+    e = AsyncPlannerEngine("toy", OnePerInstancePolicy(), toy_cost(), 2, 100, 16)
+    res = run(reqs, [e], lambda r: e)
+    assert [(r.first_token, r.finish) for r in res] == [
+        pytest.approx((0.20, 0.30)), pytest.approx((0.35, 0.40))]
+    assert e.state.pool.total_free_blocks() == 200 and not e._groups

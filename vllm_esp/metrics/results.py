@@ -38,8 +38,10 @@ class RequestResult:
     @property
     def tpot(self) -> float:
         """Mean time per output token after the first, s (0 for single-token outputs)."""
+        if not math.isfinite(self.finish):
+            return math.inf
         if self.output_len <= 1:
-            return 0.0 if math.isfinite(self.finish) else math.inf
+            return 0.0
         return (self.finish - self.first_token) / (self.output_len - 1)
 
     # LoongServe's three normalised latencies (its lib_benchmark_serving.metrics):

@@ -56,8 +56,14 @@ class Engine(Protocol):
     def add(self, req: Request, now: float, state: object = None) -> None:
         """Queue ``req`` (arriving now, or handed over with ``state``)."""
 
-    def start(self, now: float) -> float | None:
-        """Plan and start one iteration at ``now``; return its end time, or None if idle."""
+    def start(self, now: float) -> float | list[float] | None:
+        """Plan and start one iteration at ``now``; return its end time, or None if idle.
+
+        An engine with ``concurrent = True`` runs several groups with their own clocks: the
+        loop calls ``start`` at every event that concerns it (not only when it is idle), it
+        returns the end times of the groups it just started, and ``complete(now)`` finishes
+        every group ending at or before ``now``.
+        """
 
     def complete(self, now: float, progress: Progress) -> list[Handoff]:
         """Finish the running iteration at ``now``: report tokens, return hand-offs."""
@@ -90,9 +96,12 @@ def run(
     busy: dict[int, bool] = {id(e): False for e in engines}
 
     def kick(e: Engine, now: float) -> None:
-        if not busy[id(e)]:
-            end = e.start(now)
-            if end is not None:
+        concurrent = getattr(e, "concurrent", False)
+        if concurrent or not busy[id(e)]:
+            ends = e.start(now)
+            if ends is None:
+                return
+            for end in sorted(set(ends if isinstance(ends, list) else [ends])):
                 if end < now:
                     raise RuntimeError(f"{e.name}: iteration ends before it starts")
                 busy[id(e)] = True

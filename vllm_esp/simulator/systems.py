@@ -3,7 +3,10 @@
 =============  ===============================================================================
 system         deployment of the N instances
 =============  ===============================================================================
-esp            one engine, the production ESP global manager (planner policy ``esp``)
+esp            one engine, the production ESP global manager (planner policy ``esp``), lockstep
+               iterations over all instances (how a vLLM executor steps)
+esp_async      the same manager, but every ESP group runs on its own clock (LoongServe's model;
+               see async_engine.py)
 static_sp      one engine, planner policy ``static_sp``: every batch on all N instances
 replicas       N independent engines of 1 instance, planner policy ``replicas``, round-robin
 chunked        one engine on all N instances (static SP/TP group, pooled KV), vLLM-style chunked
@@ -27,7 +30,7 @@ from vllm_esp.simulator.batching_engine import BatchingEngine
 from vllm_esp.simulator.core import Engine, Router, round_robin
 from vllm_esp.simulator.planner_engine import PlannerEngine
 
-SYSTEMS = ("esp", "static_sp", "replicas", "chunked", "chunked_dp", "disagg")
+SYSTEMS = ("esp", "esp_async", "static_sp", "replicas", "chunked", "chunked_dp", "disagg")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,12 @@ def build(system: str, cost: CostModel, spec: ClusterSpec, manager_cfg=None,
     from vllm_esp.planner.policies import make_policy  # lazy: keeps CLI --help light
 
     n, bpi, bs = spec.num_instances, spec.blocks_per_instance, spec.block_size
+    if system == "esp_async":
+        from vllm_esp.simulator.async_engine import AsyncPlannerEngine
+
+        e = AsyncPlannerEngine(system, make_policy("esp", cost, manager_cfg), cost, n, bpi, bs,
+                               keep_trace, validate)
+        return [e], lambda r: e
     if system in ("esp", "static_sp"):
         e = PlannerEngine(system, make_policy(system, cost, manager_cfg), cost, n, bpi, bs,
                           keep_trace, validate)

@@ -1,0 +1,112 @@
+"""ESP with asynchronous instance groups: each batch runs on its own clock (LoongServe-style).
+
+The lockstep ``PlannerEngine`` models an executor that runs one step over all instances at a
+time, so a 30-second prefill on two instances also stalls every decode batch on the other
+instances. LoongServe instead lets each ESP group proceed independently; the manager is
+invoked whenever instances free up and plans only for those. This engine simulates that with
+the *unchanged* production policy:
+
+* in-flight batches own their instances until their own end time (decode batches: one decode
+  iteration; prefill batches: the prefill, plus this plan's migrations);
+* at every event the policy is called on a *view* of the cluster holding only the idle
+  instances, the decode batches living entirely on them, their KV, and the whole waiting
+  queue; its plan is applied to the full state (same ``apply_plan``, same KV accounting);
+* a rejection decided on a partial view is ignored (a request too big for the idle part may
+  fit the whole pool); rejections count only when every instance is idle.
+
+The view is rebuilt per call, sharing (not copying) placements: policies only read state.
+"""
+
+from __future__ import annotations
+
+from vllm_esp.planner import ClusterState, KVPool
+from vllm_esp.simulator.core import Handoff, Progress
+from vllm_esp.simulator.planner_engine import IterationRecord, PlannerEngine
+
+
+class AsyncPlannerEngine(PlannerEngine):
+    concurrent = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # in-flight groups: (end time, instances, prefilled req ids, decoded req ids)
+        self._groups: list[tuple[float, frozenset[int], list[str], list[str]]] = []
+
+    def _busy(self) -> set[int]:
+        return {i for _, insts, _, _ in self._groups for i in insts}
+
+    def _view(self, busy: set[int]) -> ClusterState:
+        st = self.state
+        view = ClusterState([i for i in st.instances if i.instance_id not in busy],
+                            st.block_size)
+        idle = {i.instance_id for i in view.instances}
+        view.pool = KVPool({i: st.pool.capacity[i] for i in idle}, st.block_size)
+        view.pool.used = {i: st.pool.used[i] for i in idle}
+        view.batches = {bid: b for bid, b in st.batches.items() if b.instances <= idle}
+        rids = {rid for b in view.batches.values() for rid in b.req_ids}
+        view.pool.placement = {rid: st.pool.placement[rid] for rid in rids
+                               if rid in st.pool.placement}
+        view.running = {rid: st.running[rid] for rid in rids}
+        view.waiting = st.waiting
+        view.next_batch_id = st.next_batch_id
+        return view
+
+    def start(self, now: float) -> list[float] | None:
+        busy = self._busy()
+        if len(busy) == len(self.state.instances):
+            return None
+        view = self._view(busy)
+        plan = self.policy.plan(view, now)
+        if busy:
+            plan.rejected = []
+        elif plan.rejected:
+            self.rejected.extend(plan.rejected)
+        if not (plan.prefill or plan.decode or plan.migrations or plan.preempted):
+            if plan.rejected:
+                self.state.apply_plan(plan)
+            return None
+        if self.validate:
+            from vllm_esp.planner.validate import validate_plan
+
+            errs = validate_plan(view, plan)
+            if errs:
+                raise AssertionError(f"{self.name} at t={now:.6f}: invalid plan: {errs}")
+        waiting = {r.req_id: r for r in self.state.waiting}
+        t_mig = sum(self.cost.migration_time(m.num_tokens) for m in plan.migrations)
+        new = []
+        for pb in plan.prefill:
+            lens = [waiting[rid].prefill_len for rid in pb.req_ids]
+            t = self.cost.prefill_time(len(pb.instances), sum(lens), sum(x * x for x in lens))
+            new.append((now + t_mig + max(t, 1e-9), frozenset(pb.instances), list(pb.req_ids),
+                        []))
+        for db in plan.decode:
+            ctx = sum(self.state.running[rid].running_kv_tokens for rid in db.masters)
+            t = self.cost.decode_time(len(db.instances), len(db.masters), ctx)
+            new.append((now + t_mig + max(t, 1e-9), frozenset(db.instances), [],
+                        list(db.masters)))
+        self.state.apply_plan(plan)
+        if self.trace is not None:
+            end = max((g[0] for g in new), default=now)
+            self.trace.append(IterationRecord(
+                now, end, [(tuple(pb.instances), tuple(pb.req_ids)) for pb in plan.prefill],
+                [(tuple(db.instances), len(db.masters)) for db in plan.decode],
+                sum(m.num_tokens for m in plan.migrations), tuple(plan.preempted)))
+        if not new:  # only migrations / preemptions: let the next event re-plan
+            return [now + max(t_mig, 1e-9)]
+        self._groups += new
+        return [g[0] for g in new]
+
+    def complete(self, now: float, progress: Progress) -> list[Handoff]:
+        done = [g for g in self._groups if g[0] <= now]
+        self._groups = [g for g in self._groups if g[0] > now]
+        for _, _, prefilled, decoded in done:
+            for rid in prefilled:
+                progress.token(int(rid), now)
+            for rid in prefilled + decoded:
+                req = self.state.running.get(rid)
+                if req is not None and req.output_len >= req.max_output_len:
+                    progress.done(int(rid), now)
+                    self.state.finish(rid)
+        for rid in self.rejected:
+            progress.rejected.add(int(rid))
+        return []

@@ -10,7 +10,9 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["vllm_esp", "vllm_esp.*", "patches", "patches.*"]),
+    # patches/ installs as `vllm_esp_patches` (a top-level "patches" would collide).
+    packages=find_packages(include=["vllm_esp", "vllm_esp.*"]) + ["vllm_esp_patches"],
+    package_dir={"vllm_esp_patches": "patches"},
     install_requires=["tqdm", "numpy"],
     extras_require={
         # The CPU build of vLLM. It drags torchvision/torchaudio/torchcodec builds that
@@ -23,6 +25,7 @@ setup(
     },
     entry_points={
         "vllm.general_plugins": ["esp = vllm_esp.plugin:register"],
+        "vllm.stat_logger_plugins": ["esp = vllm_esp.integration.metrics:ESPStatLogger"],
         "console_scripts": ["vllm-esp = vllm_esp.cli:main"],
     },
 )

@@ -1,0 +1,39 @@
+"""Every change vllm-esp makes to vLLM's own code at import time, one module per patch.
+
+Installed as the package ``vllm_esp_patches``. Each patch module defines a ``PATCH``
+(:class:`vllm_esp_patches._patching.Patch`) that names its target, the vLLM versions it was
+written against and why it exists. ``apply_all`` applies them in order, once per process; the
+plugin calls it. Supported extension points (``distributed_executor_backend`` as a class path,
+``scheduler_cls``, ``additional_config``, ``register_backend``, the plugin groups) need no patch
+and are not here.
+"""
+
+from __future__ import annotations
+
+from vllm_esp_patches._patching import Patch, UnsupportedVLLMVersion, vllm_version
+
+# Order matters only where noted; each entry says why it exists.
+PATCH_MODULES = (
+    # `distributed_executor_backend="esp"` (stock LLM, --distributed-executor-backend esp):
+    # vLLM resolves only its own names or dotted paths.
+    "vllm_esp_patches.executor_get_class",
+    # Per-instance stats (KV usage per instance) must survive EngineCore -> API server
+    # serialisation, which decodes into SchedulerStats' declared fields only.
+    "vllm_esp_patches.scheduler_stats_field",
+    # `vllm serve ... --executor esp --esp-instances N`: flags folded into EngineArgs fields.
+    "vllm_esp_patches.cli_args",
+)
+
+
+def all_patches() -> list[Patch]:
+    import importlib
+
+    return [importlib.import_module(m).PATCH for m in PATCH_MODULES]
+
+
+def apply_all() -> list[str]:
+    """Apply every patch (idempotent). Raises UnsupportedVLLMVersion outside the pinned range."""
+    return [p.name for p in all_patches() if p.apply()]
+
+
+__all__ = ["Patch", "UnsupportedVLLMVersion", "apply_all", "all_patches", "vllm_version"]

@@ -1,0 +1,85 @@
+"""ESP configuration: one validated, read-only dataclass.
+
+The options reach vLLM through fields it already has (``additional_config["esp"]``), so they
+survive every process hop vLLM makes (API server -> EngineCore -> workers) without patches.
+This module imports nothing heavy: the CLI, ``vllm_esp.LLM`` and the planner all read it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+EXECUTOR_QUALNAME = "vllm_esp.integration.executor.ESPExecutor"
+SCHEDULER_QUALNAME = "vllm_esp.integration.scheduler.ESPScheduler"
+
+# --executor choices: "esp" is ours, the rest are vLLM's own backends passed through.
+EXECUTOR_CHOICES = ("esp", "mp", "uni", "ray")
+POLICY_CHOICES = ("fcfs", "priority", "alise")
+
+
+@dataclass(frozen=True)
+class ESPConfig:
+    """Options of the ESP executor and scheduler (``additional_config={"esp": {...}}``)."""
+
+    instances: int = 1  # model replicas ("instances"), each with its own paged KV cache
+    tp: int = 1  # tensor-parallel workers per instance (vLLM's normal TP)
+    policy: str = "fcfs"  # queue order inside each instance's scheduler
+    cpu_bind: str | None = None  # per-worker core lists "0|1|..." (CPU only); None = even split
+    # dotted path of the scheduler class run per instance (default: by policy)
+    instance_scheduler: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.instances, int) or self.instances < 1:
+            raise ValueError(f"--esp-instances must be a positive integer, got {self.instances!r}")
+        if not isinstance(self.tp, int) or self.tp < 1:
+            raise ValueError(f"--esp-tp must be a positive integer, got {self.tp!r}")
+        if self.policy not in POLICY_CHOICES:
+            raise ValueError(
+                f"--esp-policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}"
+            )
+
+    @property
+    def num_workers(self) -> int:
+        return self.instances * self.tp
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "ESPConfig":
+        raw = dict(raw or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown ESP option(s) {unknown} in additional_config['esp']; "
+                f"known: {sorted(known)}"
+            )
+        return cls(**raw)
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config) -> "ESPConfig":
+        extra = getattr(vllm_config, "additional_config", None) or {}
+        cfg = cls.from_dict(extra.get("esp"))
+        tp = vllm_config.parallel_config.tensor_parallel_size
+        if cfg.tp != tp:
+            # --esp-tp is a synonym of --tensor-parallel-size; both must agree.
+            raise ValueError(
+                f"ESP tp={cfg.tp} disagrees with tensor_parallel_size={tp}; "
+                "set one of them (they mean the same thing)"
+            )
+        return cfg
+
+
+def max_cpu_workers() -> int:
+    """How many ESP worker processes the CPU build may start on this machine.
+
+    Each worker is bound to at least one core; sharing a core between two workers still
+    runs correctly (tests use it) but more than VLLM_ESP_CPU_OVERSUBSCRIBE workers per core
+    only makes everything slow, so it is refused at start.
+    """
+    from vllm_esp import envs
+
+    return len(os.sched_getaffinity(0)) * envs.VLLM_ESP_CPU_OVERSUBSCRIBE

@@ -1,0 +1,316 @@
+"""ESPExecutor: N model instances behind one vLLM executor.
+
+Each instance is a stock ``MultiprocExecutor`` (its own worker processes, TP group, model
+replica and paged KV cache) built from a deep copy of the engine config; the ESP executor
+routes each step's per-instance ``SchedulerOutput`` to its instance and merges the outputs.
+All workers with the same TP rank are also linked by one cross-instance process group (gloo on
+CPU, NCCL on GPU): the ESP communicator that ring prefill and distributed decode use.
+
+Why instances are whole ``MultiprocExecutor`` s: vLLM's worker lifecycle (spawn, ready
+handshake, shared-memory RPC queues, death monitoring, shutdown) is reused as it is, and an
+instance is exactly what vLLM already runs for one engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from vllm.logger import init_logger
+from vllm.utils.network_utils import get_open_port
+from vllm.v1.executor.abstract import Executor
+from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+from vllm_esp import envs
+from vllm_esp.config import ESPConfig, SCHEDULER_QUALNAME, max_cpu_workers
+from vllm_esp.integration import cpu_binding
+from vllm_esp.integration.outputs import (
+    ESPSchedulerOutput,
+    merge_model_runner_outputs,
+    split_grammar_output,
+)
+
+logger = init_logger(__name__)
+
+WORKER_EXTENSION = "vllm_esp.integration.worker.ESPWorkerExtension"
+
+
+class ESPExecutor(Executor):
+    """Starts ``esp.instances`` instances of ``esp.tp`` workers each."""
+
+    supports_pp = False
+
+    def __init__(self, vllm_config):
+        from vllm_esp.plugin import ensure_registered
+
+        ensure_registered()  # version guard + patches, also on the plain qualname route
+        self.esp = ESPConfig.from_vllm_config(vllm_config)
+        _validate(vllm_config, self.esp)
+        sched = vllm_config.scheduler_config
+        if sched.scheduler_cls in (None, "vllm.v1.core.sched.scheduler.Scheduler"):
+            # EngineCore builds the scheduler after the executor: make the default ours.
+            sched.scheduler_cls = SCHEDULER_QUALNAME
+        super().__init__(vllm_config)
+
+    # ---- start-up -------------------------------------------------------------------
+    def _init_executor(self) -> None:
+        self.is_failed = False
+        self._failure_callback: Callable[[], None] | None = None
+        self._pending: list[Any] | None = None
+        self.instances: list[MultiprocExecutor] = []
+        binds = cpu_binding.per_instance(self.esp) if _on_cpu() else [None] * self.esp.instances
+        try:
+            for i in range(self.esp.instances):
+                self.instances.append(self._start_instance(i, binds[i]))
+            if self.esp.instances > 1:
+                self._init_esp_communicator()
+        except BaseException:
+            self.shutdown()
+            raise
+        logger.info("ESP executor ready: %d instance(s) x TP %d", self.esp.instances, self.esp.tp)
+
+    def _start_instance(self, index: int, bind: str | None) -> MultiprocExecutor:
+        config = copy.deepcopy(self.vllm_config)
+        config.parallel_config.distributed_executor_backend = "mp"
+        config.parallel_config.worker_extension_cls = WORKER_EXTENSION
+        if _on_cpu() and config.cache_config.kv_cache_memory_bytes is None \
+                and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            gib = float(envs.VLLM_ESP_DEFAULT_CPU_KVCACHE_GIB)
+            config.cache_config.kv_cache_memory_bytes = int(gib * (1 << 30))
+            if index == 0:
+                logger.info("KV cache per CPU worker defaults to %.1f GiB "
+                            "(set VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes)", gib)
+        with _env("VLLM_CPU_OMP_THREADS_BIND", bind):
+            group = MultiprocExecutor(config)
+        group.register_failure_callback(self._on_instance_failure)
+        return group
+
+    def _init_esp_communicator(self) -> None:
+        """One process group per TP rank, over the equal-rank workers of all instances."""
+        host = "127.0.0.1"
+        ports = [get_open_port() for _ in range(self.esp.tp)]
+        futures = [
+            inst.collective_rpc("esp_init_communicator",
+                                args=(host, ports, i, self.esp.instances), non_block=True)
+            for i, inst in enumerate(self.instances)
+        ]
+        for f in futures:
+            f.result()
+
+    # ---- the step -------------------------------------------------------------------
+    def execute_model(self, scheduler_output, non_block: bool = False):
+        per_instance = self._split(scheduler_output)
+        futures = [inst.execute_model(so, non_block=True)
+                   for inst, so in zip(self.instances, per_instance)]
+
+        def collect():
+            results = [f.result() for f in futures]
+            if any(r is None for r in results):
+                self._pending = results  # sampling follows in sample_tokens()
+                return None
+            return merge_model_runner_outputs(results)
+
+        return _deferred(collect) if non_block else collect()
+
+    def sample_tokens(self, grammar_output, non_block: bool = False):
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("sample_tokens() without a pending execute_model()")
+        per_instance = self._last_split
+        grammars = split_grammar_output(grammar_output, per_instance)
+        futures = [
+            inst.sample_tokens(g, non_block=True) if r is None else None
+            for inst, g, r in zip(self.instances, grammars, pending)
+        ]
+
+        def collect():
+            outs = [f.result() if f is not None else r for f, r in zip(futures, pending)]
+            return merge_model_runner_outputs(outs)
+
+        return _deferred(collect) if non_block else collect()
+
+    def _split(self, scheduler_output) -> list:
+        if isinstance(scheduler_output, ESPSchedulerOutput):
+            per_instance = scheduler_output.per_instance
+        elif self.esp.instances == 1:
+            per_instance = [scheduler_output]
+        else:
+            raise TypeError(
+                f"ESPExecutor with {self.esp.instances} instances needs the ESP scheduler "
+                f"({SCHEDULER_QUALNAME}); got a plain SchedulerOutput"
+            )
+        self._last_split = per_instance
+        return per_instance
+
+    # ---- everything else goes to every instance ---------------------------------------
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None,
+                       non_block: bool = False, unique_reply_rank: int | None = None, **_):
+        """Broadcast to all instances; results concatenated in instance order.
+
+        With ``unique_reply_rank`` the caller wants one answer: instance 0's.
+        """
+        futures = [inst.collective_rpc(method, timeout=timeout, args=args, kwargs=kwargs,
+                                       non_block=True, unique_reply_rank=unique_reply_rank)
+                   for inst in self.instances]
+
+        def collect():
+            results = [f.result() for f in futures]
+            if unique_reply_rank is not None:
+                return results[0]
+            return [x for r in results for x in r]
+
+        return _deferred(collect) if non_block else collect()
+
+    def get_kv_cache_specs(self):
+        # Instances are identical replicas: the engine sizes one instance's workers.
+        return self.instances[0].get_kv_cache_specs()
+
+    def determine_available_memory(self) -> list[int]:
+        per_instance = [inst.determine_available_memory() for inst in self.instances]
+        return [min(column) for column in zip(*per_instance)]
+
+    def initialize_from_config(self, kv_cache_configs) -> None:
+        # Every instance gets the same per-rank configs: one pool of that size per instance.
+        _in_parallel([lambda i=i: i.initialize_from_config(copy.deepcopy(kv_cache_configs))
+                      for i in self.instances])
+
+    def compile_or_warm_up_model(self) -> None:
+        _in_parallel([inst.compile_or_warm_up_model for inst in self.instances])
+
+    def take_draft_token_ids(self):
+        return None  # speculative decoding is refused at start-up
+
+    def check_health(self) -> None:
+        for inst in self.instances:
+            inst.check_health()
+
+    def register_failure_callback(self, callback) -> None:
+        if self.is_failed:
+            callback()
+        else:
+            self._failure_callback = callback
+
+    def _on_instance_failure(self) -> None:
+        """One instance died: the engine cannot serve its requests, fail the whole engine."""
+        self.is_failed = True
+        logger.error("an ESP instance failed; shutting down all instances")
+        threading.Thread(target=self.shutdown, daemon=True).start()
+        callback, self._failure_callback = self._failure_callback, None
+        if callback is not None:
+            callback()
+
+    def shutdown(self) -> None:
+        """Stop every instance at once (each waits for its workers; serially that adds up)."""
+        instances = getattr(self, "instances", [])
+        for inst in instances:  # signal all workers first, then wait
+            for w in getattr(inst, "workers", None) or []:
+                if w.death_writer is not None:
+                    w.death_writer.close()
+                    w.death_writer = None
+        _in_parallel([inst.shutdown for inst in instances], swallow=True)
+
+    @classmethod
+    def supports_async_scheduling(cls) -> bool:
+        return False
+
+
+def _in_parallel(calls: list[Callable[[], Any]], swallow: bool = False) -> None:
+    """Run blocking per-instance calls concurrently; re-raise the first error."""
+    errors: list[BaseException] = []
+
+    def run(call):
+        try:
+            call()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+            if swallow:
+                logger.exception("error in an ESP instance call")
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors and not swallow:
+        raise errors[0]
+
+
+def _deferred(fn: Callable[[], Any]) -> Future:
+    """A Future resolved by running ``fn`` when the result is asked for.
+
+    The instances' own futures already run concurrently; collecting them lazily keeps
+    EngineCore's overlap of ``execute_model`` with grammar-bitmask computation.
+    """
+
+    class _Lazy(Future):
+        def result(self, timeout=None):
+            if not self.done():
+                try:
+                    self.set_result(fn())
+                except BaseException as e:
+                    self.set_exception(e)
+            return super().result(timeout)
+
+    return _Lazy()
+
+
+class _env:
+    """Temporarily set (or leave alone, for None) one environment variable."""
+
+    def __init__(self, key: str, value: str | None):
+        self.key, self.value = key, value
+
+    def __enter__(self):
+        self.old = os.environ.get(self.key)
+        if self.value is not None:
+            os.environ[self.key] = self.value
+
+    def __exit__(self, *exc):
+        if self.value is None:
+            return
+        if self.old is None:
+            os.environ.pop(self.key, None)
+        else:
+            os.environ[self.key] = self.old
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _validate(vllm_config, esp: ESPConfig) -> None:
+    """Refuse, with a one-line reason, configurations ESP cannot run."""
+    pc = vllm_config.parallel_config
+    if pc.pipeline_parallel_size > 1:
+        raise ValueError("--executor esp does not support pipeline parallelism")
+    if pc.data_parallel_size > 1:
+        raise ValueError("--executor esp replaces data parallelism; use --esp-instances instead")
+    if vllm_config.speculative_config is not None:
+        raise ValueError("--executor esp does not support speculative decoding yet")
+    if vllm_config.kv_transfer_config is not None:
+        raise ValueError("--executor esp does not support KV transfer connectors")
+    if pc.worker_extension_cls not in ("", None, WORKER_EXTENSION):
+        raise ValueError("--executor esp installs its own worker extension; "
+                         f"--worker-extension-cls {pc.worker_extension_cls} cannot be combined")
+    if _on_cpu():
+        limit = max_cpu_workers()
+        if esp.num_workers > limit:
+            raise ValueError(
+                f"--esp-instances {esp.instances} x --esp-tp {esp.tp} = {esp.num_workers} "
+                f"CPU workers exceed this machine's limit of {limit} "
+                f"({len(os.sched_getaffinity(0))} cores x VLLM_ESP_CPU_OVERSUBSCRIBE)"
+            )
+    else:
+        from vllm.platforms import current_platform
+
+        devices = current_platform.device_count()
+        if esp.num_workers > devices:
+            raise ValueError(
+                f"--esp-instances {esp.instances} x --esp-tp {esp.tp} = {esp.num_workers} "
+                f"devices needed, {devices} available"
+            )

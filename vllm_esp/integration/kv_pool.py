@@ -1,0 +1,86 @@
+"""The distributed KV pool as the ESP scheduler sees it: one vLLM block pool per instance.
+
+Each instance's blocks are owned by that instance's ``KVCacheManager`` (inside its
+per-instance scheduler), so allocation, prefix caching and freeing stay vLLM's own code. This
+class adds what ESP needs on top: the placement map (request -> {instance: blocks}) and the
+per-instance / aggregate usage numbers that dispatching and metrics read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vllm.v1.request import Request, RequestStatus
+
+
+@dataclass(slots=True)
+class InstanceUsage:
+    used_blocks: int  # blocks held by requests (or cached, not yet evicted) on this instance
+    total_blocks: int  # usable blocks of this instance's pool (vLLM keeps one null block)
+
+    @property
+    def usage(self) -> float:
+        return self.used_blocks / self.total_blocks if self.total_blocks else 0.0
+
+
+class DistributedKVPool:
+    def __init__(self, instance_schedulers: list, block_size: int):
+        self.schedulers = instance_schedulers
+        self.block_size = block_size
+        # request id -> {instance: number of blocks it holds there}; one entry per instance
+        # the request touched. In this release a request lives on exactly one instance.
+        self.placement: dict[str, dict[int, int]] = {}
+
+    @property
+    def num_instances(self) -> int:
+        return len(self.schedulers)
+
+    def _block_pool(self, instance: int):
+        return self.schedulers[instance].kv_cache_manager.block_pool
+
+    def free_blocks(self, instance: int) -> int:
+        return self._block_pool(instance).get_num_free_blocks()
+
+    def total_blocks(self, instance: int) -> int:
+        return self._block_pool(instance).num_gpu_blocks - 1  # minus the null block
+
+    def usage(self, instance: int) -> InstanceUsage:
+        total = self.total_blocks(instance)
+        return InstanceUsage(used_blocks=total - self.free_blocks(instance), total_blocks=total)
+
+    def usages(self) -> list[InstanceUsage]:
+        return [self.usage(i) for i in range(self.num_instances)]
+
+    def aggregate_usage(self) -> float:
+        us = self.usages()
+        total = sum(u.total_blocks for u in us)
+        return sum(u.used_blocks for u in us) / total if total else 0.0
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def pending_demand(self, instance: int) -> int:
+        """Blocks that requests queued on ``instance`` will need when their prefill starts."""
+        sched = self.schedulers[instance]
+        return sum(
+            self.blocks_for(r.num_tokens)
+            for r in sched.requests.values()
+            if r.status == RequestStatus.WAITING and not self.placement.get(r.request_id)
+        )
+
+    def choose_instance(self, request: Request) -> int:
+        """Most free KV after queued demand; ties go to the instance with fewest requests."""
+
+        def key(i: int):
+            headroom = self.free_blocks(i) - self.pending_demand(i)
+            return (-headroom, len(self.schedulers[i].requests), i)
+
+        return min(range(self.num_instances), key=key)
+
+    def record(self, request_id: str, instance: int) -> None:
+        blocks = self.schedulers[instance].kv_cache_manager.get_block_ids(request_id)
+        held = sum(len(g) for g in blocks)
+        self.placement[request_id] = {instance: held} if held else {}
+
+    def forget(self, request_id: str) -> None:
+        self.placement.pop(request_id, None)

@@ -1,0 +1,111 @@
+"""The step's data between ESPScheduler, EngineCore and ESPExecutor.
+
+EngineCore passes the scheduler's output to the executor by reference and the executor's
+output back to the scheduler untouched, so the per-instance pieces ride inside subclasses of
+vLLM's own types: ``per_instance`` is authoritative; the merged base-class fields are a summary
+for the code in between (EngineCore reads ``total_num_scheduled_tokens`` and the request lists
+for its iteration stats). Instances see only their own ``SchedulerOutput`` - a plain vLLM one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+from vllm.v1.core.sched.output import CachedRequestData, GrammarOutput, SchedulerOutput
+from vllm.v1.outputs import ModelRunnerOutput
+
+
+@dataclass
+class ESPSchedulerOutput(SchedulerOutput):
+    # one vLLM SchedulerOutput per instance, index = instance id
+    per_instance: list[SchedulerOutput] = field(default_factory=list)
+
+
+@dataclass
+class ESPModelRunnerOutput(ModelRunnerOutput):
+    # the output of each instance for this step, index = instance id
+    per_instance: list[ModelRunnerOutput] = field(default_factory=list)
+
+
+def _merge_values(values: list):
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, bool):
+        return any(present)
+    if isinstance(first, int):
+        return sum(present)
+    if isinstance(first, list):
+        return [x for v in present for x in v]
+    if isinstance(first, set):
+        return set().union(*present)
+    if isinstance(first, dict):
+        return {k: x for v in present for k, x in v.items()}
+    if isinstance(first, CachedRequestData):
+        return CachedRequestData(
+            **{f.name: _merge_values([getattr(v, f.name) for v in present])
+               for f in dataclasses.fields(CachedRequestData)}
+        )
+    return first
+
+
+# Fields whose merge has no meaning across instances (per-KV-group block counts).
+_PER_INSTANCE_ONLY = {"num_common_prefix_blocks"}
+
+
+def merge_scheduler_outputs(outputs: list[SchedulerOutput]) -> ESPSchedulerOutput:
+    merged = {}
+    for f in dataclasses.fields(SchedulerOutput):
+        values = [getattr(o, f.name) for o in outputs]
+        merged[f.name] = values[0] if f.name in _PER_INSTANCE_ONLY else _merge_values(values)
+    merged["scheduled_cached_reqs"] = merged["scheduled_cached_reqs"] or CachedRequestData.make_empty()
+    return ESPSchedulerOutput(**merged, per_instance=list(outputs))
+
+
+def merge_model_runner_outputs(outputs: list[ModelRunnerOutput]) -> ESPModelRunnerOutput:
+    req_ids = [r for o in outputs for r in o.req_ids]
+    return ESPModelRunnerOutput(
+        req_ids=req_ids,
+        req_id_to_index={r: i for i, r in enumerate(req_ids)},
+        sampled_token_ids=[t for o in outputs for t in o.sampled_token_ids],
+        per_instance=list(outputs),
+    )
+
+
+def merge_grammar_outputs(outputs: list[GrammarOutput | None]) -> GrammarOutput | None:
+    present = [g for g in outputs if g is not None]
+    if not present:
+        return None
+    drafts = None
+    if all(g.num_acceptable_drafts is not None for g in present):
+        drafts = [d for g in present for d in g.num_acceptable_drafts]
+    return GrammarOutput(
+        structured_output_request_ids=[r for g in present for r in g.structured_output_request_ids],
+        grammar_bitmask=np.concatenate([g.grammar_bitmask for g in present], axis=0),
+        num_acceptable_drafts=drafts,
+    )
+
+
+def split_grammar_output(
+    grammar: GrammarOutput | None, per_instance: list[SchedulerOutput]
+) -> list[GrammarOutput | None]:
+    """Rows of the merged bitmask that belong to each instance's scheduled requests."""
+    if grammar is None:
+        return [None] * len(per_instance)
+    result: list[GrammarOutput | None] = []
+    for so in per_instance:
+        rows = [i for i, r in enumerate(grammar.structured_output_request_ids)
+                if r in so.num_scheduled_tokens]
+        if not rows:
+            result.append(None)
+            continue
+        drafts = grammar.num_acceptable_drafts
+        result.append(GrammarOutput(
+            structured_output_request_ids=[grammar.structured_output_request_ids[i] for i in rows],
+            grammar_bitmask=grammar.grammar_bitmask[rows],
+            num_acceptable_drafts=None if drafts is None else [drafts[i] for i in rows],
+        ))
+    return result

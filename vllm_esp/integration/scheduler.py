@@ -1,0 +1,272 @@
+"""ESPScheduler: vLLM's scheduler interface over N instances and one distributed KV pool.
+
+Every instance runs a vLLM ``Scheduler`` (or a subclass chosen by ``--esp-policy``) over its
+own block pool, so admission, chunked prefill, prefix caching, recompute preemption, stop
+handling and output processing stay vLLM's code. The ESP scheduler dispatches each new request
+to an instance, gathers the per-instance outputs into one step for the executor, routes the
+results back, and aggregates stats. In this release a request runs whole on one instance;
+sequence-parallel prefill and multi-instance KV build on the same pool and placement map.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+
+from vllm.logger import init_logger
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.utils.import_utils import resolve_obj_by_qualname
+from vllm.v1.core.sched.interface import PauseState, SchedulerInterface
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.engine import EngineCoreOutputs
+from vllm.v1.metrics.stats import PrefixCacheStats, SchedulerStats
+from vllm.v1.request import Request, RequestStatus
+
+from vllm_esp import envs
+from vllm_esp.config import ESPConfig
+from vllm_esp.integration.kv_pool import DistributedKVPool
+from vllm_esp.integration.outputs import (
+    ESPModelRunnerOutput,
+    ESPSchedulerOutput,
+    merge_grammar_outputs,
+    merge_scheduler_outputs,
+)
+
+logger = init_logger(__name__)
+
+# --esp-policy -> scheduler class run inside each instance
+POLICY_SCHEDULERS = {
+    "fcfs": "vllm.v1.core.sched.scheduler.Scheduler",
+}
+
+
+def instance_scheduler_class(esp: ESPConfig) -> type[Scheduler]:
+    qualname = esp.instance_scheduler or POLICY_SCHEDULERS.get(esp.policy)
+    if qualname is None:
+        raise ValueError(f"--esp-policy {esp.policy} is not available in this build")
+    cls = resolve_obj_by_qualname(qualname)
+    if not (isinstance(cls, type) and issubclass(cls, Scheduler)):
+        raise TypeError(f"per-instance scheduler {qualname} must subclass vLLM's Scheduler")
+    return cls
+
+
+class ESPScheduler(SchedulerInterface):
+    def __init__(
+        self,
+        vllm_config,
+        kv_cache_config,
+        structured_output_manager,
+        block_size: int,
+        hash_block_size: int | None = None,
+        mm_registry=MULTIMODAL_REGISTRY,
+        include_finished_set: bool = False,
+        log_stats: bool = False,
+    ) -> None:
+        self.vllm_config = vllm_config
+        self.esp = ESPConfig.from_vllm_config(vllm_config)
+        self.log_stats = log_stats
+        cls = instance_scheduler_class(self.esp)
+        self.instances: list[Scheduler] = [
+            cls(
+                vllm_config=vllm_config,
+                kv_cache_config=copy.deepcopy(kv_cache_config),
+                structured_output_manager=structured_output_manager,
+                block_size=block_size,
+                hash_block_size=hash_block_size,
+                mm_registry=mm_registry,
+                include_finished_set=include_finished_set,
+                log_stats=log_stats,
+            )
+            for _ in range(self.esp.instances)
+        ]
+        self.pool = DistributedKVPool(self.instances, block_size)
+        self.owner: dict[str, int] = {}  # request id -> instance running it
+        self.num_preemptions = [0] * self.esp.instances  # cumulative, per instance
+        self.connector = None  # KV connectors are refused at start-up
+        self.ec_connector = None
+        # EngineCore reads the KV manager of "the" scheduler for attention block sizes.
+        self.kv_cache_manager = self.instances[0].kv_cache_manager
+        self._step = 0
+
+    # ---- requests in and out ----------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        instance = self.owner.get(request.request_id)
+        if instance is None:  # a new request (not a streaming-input continuation)
+            instance = self.pool.choose_instance(request)
+            self.owner[request.request_id] = instance
+        self.instances[instance].add_request(request)
+
+    def finish_requests(self, request_ids: str | Iterable[str] | None,
+                        finished_status: RequestStatus) -> list[Request]:
+        if request_ids is None:
+            by_instance = {i: None for i in range(len(self.instances))}
+        else:
+            ids = (request_ids,) if isinstance(request_ids, str) else request_ids
+            by_instance: dict[int, list[str] | None] = {}
+            for rid in ids:
+                if (i := self.owner.get(rid)) is not None:
+                    by_instance.setdefault(i, []).append(rid)
+        finished: list[Request] = []
+        for i, rids in by_instance.items():
+            finished += self.instances[i].finish_requests(rids, finished_status)
+        for r in finished:
+            self._forget(r.request_id)
+        return finished
+
+    def _forget(self, request_id: str) -> None:
+        self.owner.pop(request_id, None)
+        self.pool.forget(request_id)
+
+    # ---- the step --------------------------------------------------------------------
+    def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        outs = [s.schedule(throttle_prefills) for s in self.instances]
+        for i, out in enumerate(outs):
+            for rid in out.num_scheduled_tokens:
+                self.pool.record(rid, i)
+            if out.preempted_req_ids:
+                self.num_preemptions[i] += len(out.preempted_req_ids)
+        merged = merge_scheduler_outputs(outs)
+        if envs.VLLM_ESP_DEBUG_PLAN:
+            logger.info("ESP step %d plan: %s", self._step, [
+                {"instance": i, "tokens": o.total_num_scheduled_tokens,
+                 "reqs": len(o.num_scheduled_tokens)} for i, o in enumerate(outs)])
+        self._step += 1
+        return merged
+
+    def get_grammar_bitmask(self, scheduler_output: ESPSchedulerOutput):
+        return merge_grammar_outputs([
+            s.get_grammar_bitmask(so)
+            for s, so in zip(self.instances, scheduler_output.per_instance)
+        ])
+
+    def update_from_output(self, scheduler_output: ESPSchedulerOutput,
+                           model_runner_output: ESPModelRunnerOutput) -> dict[int, EngineCoreOutputs]:
+        merged: dict[int, EngineCoreOutputs] = {}
+        stats: list[SchedulerStats] = []
+        for s, so, out in zip(self.instances, scheduler_output.per_instance,
+                              model_runner_output.per_instance):
+            for client, eco in s.update_from_output(so, out).items():
+                if eco.scheduler_stats is not None:
+                    stats.append(eco.scheduler_stats)
+                    eco.scheduler_stats = None
+                _merge_engine_core_outputs(merged, client, eco)
+        for eco in merged.values():
+            for o in eco.outputs:
+                if o.finish_reason is not None:
+                    self._forget(o.request_id)
+        if self.log_stats:
+            eco = next(iter(merged.values()), None)
+            if eco is None:
+                merged[0] = eco = EngineCoreOutputs()
+            eco.scheduler_stats = self._aggregate_stats(stats)
+        return merged
+
+    def update_draft_token_ids(self, draft_token_ids) -> None:
+        raise NotImplementedError("speculative decoding is not supported with --executor esp")
+
+    def update_draft_token_ids_in_output(self, draft_token_ids, scheduler_output) -> None:
+        raise NotImplementedError("speculative decoding is not supported with --executor esp")
+
+    # ---- state queries ---------------------------------------------------------------
+    def get_num_unfinished_requests(self) -> int:
+        return sum(s.get_num_unfinished_requests() for s in self.instances)
+
+    def has_finished_requests(self) -> bool:
+        return any(s.has_finished_requests() for s in self.instances)
+
+    def has_requests(self) -> bool:
+        return any(s.has_requests() for s in self.instances)
+
+    def get_request_counts(self) -> tuple[int, int]:
+        counts = [s.get_request_counts() for s in self.instances]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+    def get_kv_cache_usage(self) -> float:
+        return self.pool.aggregate_usage()
+
+    @property
+    def pause_state(self) -> PauseState:
+        return self.instances[0].pause_state
+
+    def set_pause_state(self, pause_state: PauseState) -> None:
+        for s in self.instances:
+            s.set_pause_state(pause_state)
+
+    def reset_prefix_cache(self, reset_running_requests: bool = False,
+                           reset_connector: bool = False) -> bool:
+        return all([s.reset_prefix_cache(reset_running_requests, reset_connector)
+                    for s in self.instances])
+
+    def reset_encoder_cache(self) -> None:
+        for s in self.instances:
+            s.reset_encoder_cache()
+
+    def get_kv_connector(self):
+        return None
+
+    def get_ec_connector(self):
+        return None
+
+    def get_kv_event_publisher_config(self):
+        return self.instances[0].get_kv_event_publisher_config()
+
+    def shutdown(self) -> None:
+        for s in self.instances:
+            s.shutdown()
+
+    # ---- stats -----------------------------------------------------------------------
+    def make_stats(self) -> SchedulerStats | None:
+        if not self.log_stats:
+            return None
+        return self._aggregate_stats([s.make_stats() for s in self.instances])
+
+    def esp_stats(self) -> dict:
+        """Per-instance numbers for /metrics (lists indexed by instance id)."""
+        usages = self.pool.usages()
+        counts = [s.get_request_counts() for s in self.instances]
+        return {
+            "kv_used_blocks": [u.used_blocks for u in usages],
+            "kv_total_blocks": [u.total_blocks for u in usages],
+            "kv_usage": [u.usage for u in usages],
+            "running": [c[0] for c in counts],
+            "waiting": [c[1] for c in counts],
+            "preemptions": list(self.num_preemptions),
+        }
+
+    def _aggregate_stats(self, stats: list[SchedulerStats | None]) -> SchedulerStats:
+        stats = [s for s in stats if s is not None]
+        prefix = PrefixCacheStats()
+        for s in stats:
+            p = s.prefix_cache_stats
+            prefix.reset = prefix.reset or p.reset
+            prefix.requests += p.requests
+            prefix.queries += p.queries
+            prefix.hits += p.hits
+            prefix.preempted_requests += p.preempted_requests
+            prefix.preempted_queries += p.preempted_queries
+            prefix.preempted_hits += p.preempted_hits
+        running, waiting = self.get_request_counts()
+        out = SchedulerStats(
+            num_running_reqs=running,
+            num_waiting_reqs=waiting - sum(s.num_skipped_waiting_reqs for s in stats),
+            num_skipped_waiting_reqs=sum(s.num_skipped_waiting_reqs for s in stats),
+            kv_cache_usage=self.get_kv_cache_usage(),
+            prefix_cache_stats=prefix,
+            kv_cache_eviction_events=[e for s in stats for e in s.kv_cache_eviction_events],
+        )
+        out.esp = self.esp_stats()  # field added by vllm_esp_patches.scheduler_stats_field
+        return out
+
+
+def _merge_engine_core_outputs(merged: dict[int, EngineCoreOutputs], client: int,
+                               eco: EngineCoreOutputs) -> None:
+    if client not in merged:
+        merged[client] = eco
+        return
+    base = merged[client]
+    base.outputs = list(base.outputs) + list(eco.outputs)
+    if eco.finished_requests:
+        base.finished_requests = (base.finished_requests or set()) | eco.finished_requests
+    base.timestamp = max(base.timestamp, eco.timestamp or time.monotonic())

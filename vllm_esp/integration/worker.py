@@ -1,0 +1,53 @@
+"""Methods ESP adds to every vLLM worker (``worker_extension_cls``).
+
+vLLM mixes this class into its platform worker, so these run inside each worker process next
+to its model runner and KV cache. The ESP executor calls them by name through
+``collective_rpc``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ESPWorkerExtension:
+    esp_group = None  # torch ProcessGroup over the equal-TP-rank workers of all instances
+    esp_rank: int = 0  # this worker's instance id inside esp_group
+    esp_world: int = 1  # number of instances
+
+    def esp_init_communicator(self, host: str, ports: list[int], instance: int,
+                              num_instances: int) -> None:
+        """Join the cross-instance group of this worker's TP rank (gloo on CPU, NCCL on GPU)."""
+        from vllm.distributed import get_tensor_model_parallel_rank
+        from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+        from vllm.platforms import current_platform
+
+        backend = "gloo" if current_platform.is_cpu() else "nccl"
+        tp_rank = get_tensor_model_parallel_rank()
+        self.esp_group = stateless_init_torch_distributed_process_group(
+            host, ports[tp_rank], instance, num_instances, backend,
+            group_name=f"vllm_esp_tp{tp_rank}",
+        )
+        self.esp_rank, self.esp_world = instance, num_instances
+
+    def esp_ring_shift(self, values: list[float]) -> list[float]:
+        """Send ``values`` to the next instance, return what the previous one sent.
+
+        A health check of the ESP communicator (and what the ring prefill does per hop).
+        """
+        if self.esp_group is None:
+            raise RuntimeError("ESP communicator not initialised (single instance?)")
+        device = "cpu" if self.esp_group.name() == "gloo" else torch.cuda.current_device()
+        send = torch.tensor(values, dtype=torch.float32, device=device)
+        recv = torch.empty_like(send)
+        nxt = (self.esp_rank + 1) % self.esp_world
+        prv = (self.esp_rank - 1) % self.esp_world
+        works = [self.esp_group.send([send], nxt, 0), self.esp_group.recv([recv], prv, 0)]
+        for w in works:
+            w.wait()
+        return recv.cpu().tolist()
+
+    def esp_kv_cache_num_blocks(self) -> int:
+        """Blocks in this worker's paged KV cache (first layer), for pool checks in tests."""
+        caches = self.model_runner.kv_caches
+        return int(caches[0].shape[0]) if caches else 0

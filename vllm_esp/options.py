@@ -1,0 +1,157 @@
+"""Map the user-facing ESP options onto fields vLLM already has.
+
+One function, :func:`apply`, serves every entry point: the ``vllm serve`` flags (through the
+``cli_args`` patch), ``vllm_esp.LLM(model, executor="esp", esp_instances=N)`` and tests.
+``executor="esp"`` means: ``distributed_executor_backend`` = the ESP executor (a dotted path,
+so it resolves with or without the plugin), ``scheduler_cls`` = the ESP scheduler unless the
+user chose one, and the ESP options in ``additional_config["esp"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from vllm_esp.config import (
+    EXECUTOR_CHOICES,
+    EXECUTOR_QUALNAME,
+    POLICY_CHOICES,
+    SCHEDULER_QUALNAME,
+    ESPConfig,
+)
+
+STOCK_SCHEDULER = "vllm.v1.core.sched.scheduler.Scheduler"
+
+# user-facing option name -> ESPConfig field
+ESP_OPTIONS = {
+    "esp_instances": "instances",
+    "esp_tp": "tp",
+    "esp_policy": "policy",
+    "esp_cpu_bind": "cpu_bind",
+}
+
+
+def apply(
+    executor: str | None,
+    esp: dict[str, Any],
+    *,
+    scheduler_cls: Any = None,
+    additional_config: dict[str, Any] | None = None,
+    tensor_parallel_size: int | None = None,
+    pipeline_parallel_size: int = 1,
+) -> dict[str, Any]:
+    """Return the EngineArgs field updates for ``executor`` and the ESP options ``esp``.
+
+    ``esp`` uses ESPConfig field names; None values mean "not given". Raises ValueError with
+    a one-line reason for combinations that cannot work.
+    """
+    esp = {k: v for k, v in esp.items() if v is not None}
+    if executor is None:
+        if esp:
+            flags = ", ".join(f"--esp-{k.replace('_', '-')}" for k in esp)
+            raise ValueError(f"{flags} need --executor esp")
+        return {}
+    if executor not in EXECUTOR_CHOICES:
+        raise ValueError(f"--executor must be one of {', '.join(EXECUTOR_CHOICES)}, got {executor!r}")
+    if executor != "esp":
+        if esp:
+            raise ValueError(f"ESP options given with --executor {executor}; use --executor esp")
+        return {"distributed_executor_backend": executor}
+
+    if pipeline_parallel_size and pipeline_parallel_size > 1:
+        raise ValueError("--executor esp does not support pipeline parallelism (--pipeline-parallel-size > 1)")
+    if "tp" in esp and tensor_parallel_size not in (None, 1, esp["tp"]):
+        raise ValueError(
+            f"--esp-tp {esp['tp']} disagrees with --tensor-parallel-size {tensor_parallel_size}"
+        )
+    if "tp" not in esp and tensor_parallel_size:
+        esp["tp"] = tensor_parallel_size
+    user_scheduler = _qualname(scheduler_cls)
+    if user_scheduler not in (None, SCHEDULER_QUALNAME, STOCK_SCHEDULER):
+        # A scheduler named next to --executor esp runs inside every instance.
+        esp.setdefault("instance_scheduler", user_scheduler)
+    merged_config = dict(additional_config or {})
+    merged = {**merged_config.get("esp", {}), **esp}
+    cfg = ESPConfig.from_dict(merged)  # validates
+    merged_config["esp"] = cfg.to_dict()
+    updates: dict[str, Any] = {
+        "distributed_executor_backend": EXECUTOR_QUALNAME,
+        "additional_config": merged_config,
+        "tensor_parallel_size": cfg.tp,
+    }
+    updates["scheduler_cls"] = SCHEDULER_QUALNAME
+    return updates
+
+
+def _qualname(obj: Any) -> str | None:
+    if obj in (None, ""):
+        return None
+    if isinstance(obj, str):
+        return obj
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_argument_group(parser: argparse.ArgumentParser) -> None:
+    """Add ``--executor`` and ``--esp-*`` to a vLLM engine-args parser (idempotent)."""
+    if "--executor" in getattr(parser, "_option_string_actions", {}):
+        return
+    group = parser.add_argument_group(
+        "ESP", "Elastic sequence parallelism (vllm-esp). --executor esp enables it."
+    )
+    group.add_argument(
+        "--executor",
+        choices=EXECUTOR_CHOICES,
+        default=None,
+        help="Executor: esp (elastic sequence parallelism over --esp-instances model "
+        "instances) or one of vLLM's own (mp, uni, ray).",
+    )
+    group.add_argument("--esp-instances", type=_positive_int, default=None,
+                       help="Number of model instances (replicas), each with its own KV cache.")
+    group.add_argument("--esp-tp", type=_positive_int, default=None,
+                       help="Tensor-parallel workers per instance (= --tensor-parallel-size).")
+    group.add_argument("--esp-policy", choices=POLICY_CHOICES, default=None,
+                       help="Queue order inside each instance's scheduler.")
+    group.add_argument("--esp-cpu-bind", default=None,
+                       help="CPU build: core list per worker, '|'-separated (default: even split).")
+
+
+def apply_from_namespace(args: argparse.Namespace) -> dict[str, Any]:
+    """EngineArgs field updates for a parsed ``vllm serve`` namespace."""
+    esp = {field: getattr(args, opt, None) for opt, field in ESP_OPTIONS.items()}
+    return apply(
+        getattr(args, "executor", None),
+        esp,
+        scheduler_cls=getattr(args, "scheduler_cls", None),
+        additional_config=getattr(args, "additional_config", None),
+        tensor_parallel_size=getattr(args, "tensor_parallel_size", None),
+        pipeline_parallel_size=getattr(args, "pipeline_parallel_size", 1),
+    )
+
+
+def apply_to_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop ``executor``/``esp_*`` from LLM kwargs and return kwargs vLLM understands."""
+    kwargs = dict(kwargs)
+    executor = kwargs.pop("executor", None)
+    esp = {field: kwargs.pop(opt, None) for opt, field in ESP_OPTIONS.items()}
+    if executor is None and kwargs.get("distributed_executor_backend") == "esp":
+        executor = kwargs.pop("distributed_executor_backend")
+    updates = apply(
+        executor,
+        esp,
+        scheduler_cls=kwargs.get("scheduler_cls"),
+        additional_config=kwargs.get("additional_config"),
+        tensor_parallel_size=kwargs.get("tensor_parallel_size"),
+        pipeline_parallel_size=kwargs.get("pipeline_parallel_size", 1),
+    )
+    kwargs.update(updates)
+    return kwargs

@@ -66,6 +66,8 @@ class AliseScheduler(Scheduler):
         self.estimator = PriorityEstimator(cfg, self.predictor)
         self.prediction_error = PredictionErrorTracker()
         self.esp_stats.clear()
+        if isinstance(self.connector, SwapConnector):
+            self.connector.stats.update(swap_out=0, swap_in=0, dropped=0)
         if cfg.policy == "fcfs":
             self.waiting = create_request_queue(self.policy)  # exactly the stock order
         else:
@@ -255,5 +257,5 @@ class AliseScheduler(Scheduler):
         out.update({f"prediction_{k}": v for k, v in self.prediction_error.snapshot().items()})
         out["swap_bytes"] = self._swap_bytes
         if isinstance(self.connector, SwapConnector):
-            out["connector_" + "swap_in"] = self.connector.stats["swap_in"]
+            out["swap_in"] = self.connector.stats["swap_in"]
         return out

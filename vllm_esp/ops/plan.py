@@ -39,7 +39,7 @@ def stripe_counts(seq_lens: list[int], k: int, r: int) -> list[int]:
 
 def striped_positions(seq_lens: list[int], k: int, r: int) -> torch.Tensor:
     """Global positions (within each request) of rank ``r``'s packed local tokens. int64."""
-    parts = [torch.arange(r, n, k, dtype=torch.int64) for n in seq_lens]
+    parts = [torch.arange(r, max(r, n), k, dtype=torch.int64) for n in seq_lens]
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
 
 
@@ -103,7 +103,7 @@ def shard_slot_mapping(plan: RingPrefillPlan, src: int) -> torch.Tensor | None:
     k = plan.k
     maps, slot_off, any_kept = [], 0, False
     for (b, e), n in zip(plan.keep_ranges, plan.seq_lens):
-        pos = torch.arange(src, n, k, dtype=torch.int64)
+        pos = torch.arange(src, max(src, n), k, dtype=torch.int64)
         m = torch.full_like(pos, -1)
         sel = (pos >= b) & (pos < e)
         if bool(sel.any()):

@@ -51,7 +51,18 @@ def sweep(rs: RunSpec, requests: list[Request], rates: list[float],
 
 
 def search_max_rate(rs: RunSpec, requests: list[Request], slo: SLO, start: float = 0.5,
-                    rel_tol: float = 0.05, on_eval=None) -> SearchResult:
-    """Largest Poisson rate at which ``rs.system`` meets ``slo`` on ``requests``."""
-    return max_rate_under_slo(lambda rate: summarize(simulate(rs, requests, rate)), slo,
-                              start=start, lo=1e-3, hi=1e3, rel_tol=rel_tol, on_eval=on_eval)
+                    rel_tol: float = 0.05, on_eval=None,
+                    n_for_rate: Callable[[float], int] | None = None,
+                    hi: float = 1e3) -> SearchResult:
+    """Largest Poisson rate at which ``rs.system`` meets ``slo`` on ``requests``.
+
+    ``n_for_rate(rate)`` picks how many of ``requests`` (a prefix) a run at ``rate`` uses;
+    a fixed arrival *window* (n = rate × seconds) keeps the load sustained at every rate,
+    whereas a fixed count turns high rates into one short burst.
+    """
+    def evaluate(rate: float) -> Summary:
+        reqs = requests[:n_for_rate(rate)] if n_for_rate else requests
+        return summarize(simulate(rs, reqs, rate))
+
+    return max_rate_under_slo(evaluate, slo, start=start, lo=min(start, 1e-3), hi=hi,
+                              rel_tol=rel_tol, on_eval=on_eval)

@@ -59,9 +59,10 @@ def test_replay_measures_ttft_tpot_and_arrivals():
     assert by_len[5]["prompt"] == synth_prompt(reqs[0]) and len(by_len[5]["prompt"]) == 20
     assert by_len[5]["ignore_eos"] is True and by_len[5]["min_tokens"] == 5
     r0, r1, r2 = res
-    assert r1.arrival == pytest.approx(0.2, abs=0.03)  # sent on schedule
-    assert r0.ttft == pytest.approx(PREFILL_S, abs=0.04)
-    assert r0.tpot == pytest.approx(TOKEN_S, abs=0.008)
+    # timing bounds are one-sided-tight, loose above: the CI machine may be busy
+    assert 0.2 <= r1.arrival < 0.5  # sent on schedule, not before
+    assert PREFILL_S * 0.9 <= r0.ttft < PREFILL_S + 0.5  # first chunk, not the last
+    assert TOKEN_S * 0.9 <= r0.tpot < TOKEN_S + 0.1  # 4 gaps between 5 streamed tokens
     assert r1.finished and r1.tpot == 0.0
     assert not r2.finished  # server error -> unserved, not dropped
 

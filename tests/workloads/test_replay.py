@@ -60,7 +60,7 @@ def test_replay_measures_ttft_tpot_and_arrivals():
     assert by_len[5]["ignore_eos"] is True and by_len[5]["min_tokens"] == 5
     r0, r1, r2 = res
     # timing bounds are one-sided-tight, loose above: the CI machine may be busy
-    assert 0.2 <= r1.arrival < 0.5  # sent on schedule, not before
+    assert 0.19 <= r1.arrival < 0.5  # sent on schedule, not before (clock granularity)
     assert PREFILL_S * 0.9 <= r0.ttft < PREFILL_S + 0.5  # first chunk, not the last
     assert TOKEN_S * 0.9 <= r0.tpot < TOKEN_S + 0.1  # 4 gaps between 5 streamed tokens
     assert r1.finished and r1.tpot == 0.0

@@ -73,6 +73,10 @@ class CostModel:
             return 0.0
         return self.migration_latency + tokens * self.kv_bytes_per_token / self.migration_bandwidth
 
+    def prefill_coeffs(self, k: int) -> Linear3:
+        """Coefficients for k instances (profiled or extrapolated); hot loops inline them."""
+        return self._coeffs(self.prefill, k)
+
     def is_profiled(self, k: int) -> bool:
         return k in self.prefill
 

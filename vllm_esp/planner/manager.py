@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from .allocation import allocate
 from .batching import plan_groups
 from .cost_model import CostModel
-from .decode_plan import BatchView, PoolView, choose_masters, drop_empty_instances, fix_shortage
+from .decode_plan import (
+    BatchView,
+    PoolView,
+    block_need,
+    block_supply,
+    choose_masters,
+    drop_empty_instances,
+    fix_shortage,
+)
 from .dispatch import DispatchInput, dispatch
 from .keep_ranges import pack_keep_ranges
 from .state import ClusterState
@@ -100,19 +108,20 @@ class GlobalManager:
                 plan.scale_events.append(ScaleEvent("down", b.batch_id, list(b.removed)))
                 idle.extend(b.removed)
                 b.removed = []
-        alive = list(batches)
+        alive = {id(b): b for b in batches}  # insertion-ordered; merged batches leave
         for b in batches:
-            if b not in alive:
-                continue  # merged into another batch
-            others = [o for o in alive if o is not b]
+            if id(b) not in alive or block_need(view, b) <= block_supply(free, b):
+                continue  # merged away, or has room: the common fast path
+            others = [o for o in alive.values() if o is not b]
             victims = fix_shortage(view, free, b, idle, others)
-            alive = [o for o in alive if o is b or o in others]
+            kept = {id(o) for o in others}
+            alive = {k: o for k, o in alive.items() if o is b or k in kept}
             plan.preempted.extend(victims)
             if b.merged_from:
                 plan.scale_events.append(ScaleEvent("merge", b.batch_id, merged_batch_ids=list(b.merged_from)))
             if b.added:
                 plan.scale_events.append(ScaleEvent("up", b.batch_id, list(b.added)))
-        return [b for b in alive if b.req_ids]
+        return [b for b in alive.values() if b.req_ids]
 
     # ---- steps 3 and 4a ------------------------------------------------------------------
     def _plan_prefills(self, state, admitted: list[Request], instances, free, paused, plan) -> None:

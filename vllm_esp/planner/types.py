@@ -12,7 +12,7 @@ Token accounting convention (shared by every consumer):
   * a *running* request stores ``prompt_len + output_len - 1`` tokens: the newest sampled token
     is written to KV by the next decode iteration, on that iteration's master.
 
-Invariants of an :class:`IterationPlan` (checked by ``validate_plan`` in the tests and usable by
+Invariants of an :class:`IterationPlan` (checked by ``planner.validate.validate_plan``, usable by
 the engine as a debug assertion):
   * every instance appears in at most one batch (prefill or decode) per iteration;
   * each prefill request's keep ranges are disjoint and cover ``[0, prefill_len)`` exactly;

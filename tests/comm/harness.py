@@ -27,6 +27,10 @@ def _worker(rank: int, world: int, port: int, conn) -> None:
 
     pg = init_esp_process_group("127.0.0.1", port, rank, world, "gloo", timeout_s=60)
     comm = ESPCommunicator(pg, rank)
+    try:  # pay vLLM's import (seconds) once per worker, concurrently, not inside a test
+        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa  # noqa: F401
+    except Exception:
+        pass
     conn.send("ready")
     while True:
         msg = conn.recv()
@@ -56,7 +60,7 @@ class World:
             self.conns.append(a)
             self.procs.append(p)
         for c in self.conns:
-            if not c.poll(TIMEOUT_S) or c.recv() != "ready":
+            if not c.poll(4 * TIMEOUT_S) or c.recv() != "ready":
                 self.close()
                 raise RuntimeError("ESP test world failed to start")
 

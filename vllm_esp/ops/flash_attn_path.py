@@ -57,6 +57,7 @@ def varlen_causal_with_lse(
         softmax_scale=scale, causal=True, return_softmax_lse=True,
     )
     out, lse = res[0], res[1]
-    if lse.shape[0] != q.shape[1]:  # some builds return [T, H]
+    t, h = q.shape[0], q.shape[1]
+    if t != h and tuple(lse.shape) == (t, h):  # flash-attn 2 varlen gives [H, T]; tolerate [T, H]
         lse = lse.transpose(0, 1)
     return out, lse

@@ -20,6 +20,7 @@ _GAUGES = {
     "running": ("vllm_esp:num_requests_running", "Requests running on one ESP instance."),
     "waiting": ("vllm_esp:num_requests_waiting", "Requests waiting on one ESP instance."),
     "preemptions": ("vllm_esp:num_preemptions", "Preemptions so far on one ESP instance."),
+    "dispatched": ("vllm_esp:num_requests_dispatched", "Requests sent to one ESP instance so far."),
 }
 _registered: dict[str, Gauge] = {}  # one Gauge per name per process (prometheus forbids dups)
 

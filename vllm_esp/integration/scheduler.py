@@ -84,6 +84,7 @@ class ESPScheduler(SchedulerInterface):
         self.pool = DistributedKVPool(self.instances, block_size)
         self.owner: dict[str, int] = {}  # request id -> instance running it
         self.num_preemptions = [0] * self.esp.instances  # cumulative, per instance
+        self.num_dispatched = [0] * self.esp.instances  # requests sent to each instance
         self.connector = None  # KV connectors are refused at start-up
         self.ec_connector = None
         # EngineCore reads the KV manager of "the" scheduler for attention block sizes.
@@ -96,6 +97,7 @@ class ESPScheduler(SchedulerInterface):
         if instance is None:  # a new request (not a streaming-input continuation)
             instance = self.pool.choose_instance(request)
             self.owner[request.request_id] = instance
+            self.num_dispatched[instance] += 1
         self.instances[instance].add_request(request)
 
     def finish_requests(self, request_ids: str | Iterable[str] | None,
@@ -233,6 +235,7 @@ class ESPScheduler(SchedulerInterface):
             "running": [c[0] for c in counts],
             "waiting": [c[1] for c in counts],
             "preemptions": list(self.num_preemptions),
+            "dispatched": list(self.num_dispatched),
         }
 
     def _aggregate_stats(self, stats: list[SchedulerStats | None]) -> SchedulerStats:

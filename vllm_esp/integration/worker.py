@@ -31,14 +31,15 @@ class ESPWorkerExtension:
         self.esp_rank, self.esp_world = instance, num_instances
 
     def esp_ring_shift(self, values: list[float]) -> list[float]:
-        """Send ``values`` to the next instance, return what the previous one sent.
+        """Send ``[own instance id] + values`` to the next instance; return what arrived.
 
-        A health check of the ESP communicator (and what the ring prefill does per hop).
+        A health check of the ESP communicator (one ring hop, as in ring prefill): instance i
+        must receive ``[i - 1 mod N] + values``.
         """
         if self.esp_group is None:
             raise RuntimeError("ESP communicator not initialised (single instance?)")
         device = "cpu" if self.esp_group.name() == "gloo" else torch.cuda.current_device()
-        send = torch.tensor(values, dtype=torch.float32, device=device)
+        send = torch.tensor([float(self.esp_rank), *values], dtype=torch.float32, device=device)
         recv = torch.empty_like(send)
         nxt = (self.esp_rank + 1) % self.esp_world
         prv = (self.esp_rank - 1) % self.esp_world

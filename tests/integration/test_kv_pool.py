@@ -1,0 +1,114 @@
+"""The distributed KV pool: dispatch rule, accounting back to all-free, preemption.
+
+The engine tests run EngineCore in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so the ESP
+scheduler and its per-instance block pools can be inspected; workers are still processes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from types import SimpleNamespace
+
+import pytest
+from vllm import SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.v1.request import RequestStatus
+
+from vllm_esp.integration.kv_pool import DistributedKVPool
+from vllm_esp.testing.engines import MiB, close_engine, make_engine
+
+
+# ---- dispatch rule (no engine) ---------------------------------------------------------
+def _fake_instance(free: int, total: int, waiting: list[int] = (), running: int = 0):
+    reqs = {f"w{i}": SimpleNamespace(request_id=f"w{i}", status=RequestStatus.WAITING, num_tokens=n)
+            for i, n in enumerate(waiting)}
+    reqs.update({f"r{i}": SimpleNamespace(request_id=f"r{i}", status=RequestStatus.RUNNING,
+                                          num_tokens=1) for i in range(running)})
+    pool = SimpleNamespace(get_num_free_blocks=lambda: free, num_gpu_blocks=total + 1)
+    return SimpleNamespace(kv_cache_manager=SimpleNamespace(block_pool=pool), requests=reqs)
+
+
+def test_dispatch_prefers_most_free_kv():
+    pool = DistributedKVPool([_fake_instance(10, 20), _fake_instance(15, 20)], block_size=16)
+    assert pool.choose_instance(None) == 1
+
+
+def test_dispatch_counts_queued_prompts_against_free_kv():
+    # instance 1 has more free blocks, but a queued 200-token prompt will take 13 of them
+    pool = DistributedKVPool([_fake_instance(10, 20), _fake_instance(15, 20, waiting=[200])],
+                             block_size=16)
+    assert pool.choose_instance(None) == 0
+
+
+def test_dispatch_ties_go_to_fewest_requests():
+    pool = DistributedKVPool([_fake_instance(10, 20, running=3), _fake_instance(10, 20, running=1)],
+                             block_size=16)
+    assert pool.choose_instance(None) == 1
+
+
+# ---- engine: accounting and preemption -----------------------------------------------------
+def _inproc_engine(model, instances, **kw):
+    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        return make_engine(model, instances, **kw)
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
+
+
+def _scheduler(llm):
+    return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+def _workload():
+    rng = random.Random(3)
+    prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(8, 512) for _ in range(rng.randrange(100, 127))])
+               for _ in range(24)]
+    return prompts, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def preemption_run(tiny_models):
+    """ESP, 2 instances of 16 blocks (2048 tokens) each, 24 requests needing 2 blocks each."""
+    prompts, params = _workload()
+    llm = _inproc_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=2 * MiB,
+                         max_model_len=1024)
+    try:
+        sched = _scheduler(llm)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        result = {"outs": outs, "stats": sched.esp_stats(), "owner": dict(sched.owner),
+                  "placement": dict(sched.pool.placement),
+                  "total": [sched.pool.total_blocks(i) for i in range(2)]}
+    finally:
+        close_engine(llm)
+    ref = make_engine(tiny_models["llama"], None)
+    try:
+        result["ref"] = ref.generate(prompts, params, use_tqdm=False)
+    finally:
+        close_engine(ref)
+    return result
+
+
+def test_small_pool_preempts_and_still_matches_stock(preemption_run):
+    stats = preemption_run["stats"]
+    assert sum(stats["preemptions"]) > 0, "workload was meant to overflow the pools"
+    for ref, got in zip(preemption_run["ref"], preemption_run["outs"]):
+        assert list(got.outputs[0].token_ids) == list(ref.outputs[0].token_ids)
+        assert len(got.outputs[0].token_ids) == 64
+
+
+def test_every_instance_pool_is_all_free_after_the_run(preemption_run):
+    stats = preemption_run["stats"]
+    assert stats["kv_used_blocks"] == [0, 0]
+    assert stats["kv_total_blocks"] == preemption_run["total"]
+    assert stats["running"] == [0, 0] and stats["waiting"] == [0, 0]
+    assert preemption_run["owner"] == {} and preemption_run["placement"] == {}
+
+
+def test_both_instances_served_requests(preemption_run):
+    # 24 equal requests arriving at once over 2 equal pools: queued demand splits them evenly
+    assert preemption_run["stats"]["dispatched"] == [12, 12]

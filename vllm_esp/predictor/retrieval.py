@@ -45,6 +45,11 @@ class RetrievalPredictor(LengthPredictor):
     name = "retrieval"
     needs_text = True
 
+    @property
+    def is_slow(self) -> bool:
+        """A neural encoder is too slow to run inline in the scheduler loop."""
+        return getattr(self.encoder, "name", "") != "hashing"
+
     def __init__(
         self,
         encoder="auto",

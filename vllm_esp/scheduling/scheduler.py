@@ -23,8 +23,10 @@ The constructor signature is the stock one, so the ESP scheduler can build one p
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from vllm.v1.core.sched.request_queue import create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -53,6 +55,12 @@ class AliseScheduler(Scheduler):
         group = self.kv_cache_config.kv_cache_groups[0]
         self._kv_bytes_per_block = group.kv_cache_spec.page_size_bytes * len(group.layer_names)
         self._swap_bytes = 0
+        # Slow predictors (a sentence encoder: ~30-150 ms per prompt on a busy CPU) run on a
+        # background thread so add_request never stalls the engine loop; the request is
+        # ordered by a provisional estimate until the prediction lands (usually 1-2 steps).
+        self._predict_pool: ThreadPoolExecutor | None = None
+        self._pending_predictions: dict[str, Future] = {}
+        self._predictor_lock = threading.Lock()
         self.reconfigure(SchedulingConfig.from_additional_config(
             self.vllm_config.additional_config))
 
@@ -63,6 +71,8 @@ class AliseScheduler(Scheduler):
             raise RuntimeError("AliseScheduler.reconfigure needs an idle scheduler")
         self.esp = cfg
         self.predictor = make_predictor(cfg.predictor, **cfg.predictor_options)
+        if getattr(self.predictor, "is_slow", False) and self._predict_pool is None:
+            self._predict_pool = ThreadPoolExecutor(1, thread_name_prefix="esp-predict")
         self.estimator = PriorityEstimator(cfg, self.predictor)
         self.prediction_error = PredictionErrorTracker()
         self.esp_stats.clear()
@@ -107,11 +117,12 @@ class AliseScheduler(Scheduler):
                 extra_args=params.extra_args if params is not None else None,
                 max_tokens=request.max_tokens,
             )
-            try:
-                predicted = self.predictor.predict(preq)
-            except ValueError as e:  # a malformed client hint must not kill the engine
-                logger.warning("request %s: %s; using the mean length", request.request_id, e)
-                predicted = self.predictor.history.mean() or 128.0
+            if getattr(self.predictor, "is_slow", False):
+                predicted = self.predictor.history.mean() or 128.0  # provisional
+                self._pending_predictions[request.request_id] = self._predict_pool.submit(
+                    self._predict, preq)
+            else:
+                predicted = self._predict(preq)
             now = time.time()
             self.jobs[request.request_id] = JobState(
                 req_id=request.request_id, arrival=request.arrival_time,
@@ -119,13 +130,32 @@ class AliseScheduler(Scheduler):
                 predict_req=preq, wait_since=now)
         super().add_request(request)
 
+    def _predict(self, preq: PredictRequest) -> float:
+        try:
+            with self._predictor_lock:
+                return self.predictor.predict(preq)
+        except ValueError as e:  # a malformed client hint must not kill the engine
+            logger.warning("length prediction failed (%s); using the mean length", e)
+            return self.predictor.history.mean() or 128.0
+
+    def _collect_predictions(self) -> None:
+        for req_id in [r for r, f in self._pending_predictions.items() if f.done()]:
+            future = self._pending_predictions.pop(req_id)
+            job = self.jobs.get(req_id)
+            if job is not None:
+                job.predicted_len = future.result()
+
     def _free_request(self, request: Request, delay_free_blocks: bool = False):
         job = self.jobs.pop(request.request_id, None)
+        future = self._pending_predictions.pop(request.request_id, None)
         if job is not None:
+            if future is not None:
+                job.predicted_len = future.result()  # score the real prediction
             if request.status in _LEARN_FROM:
                 out = request.num_output_tokens
                 self.prediction_error.record(job.predicted_len, out)
-                self.predictor.observe(job.predict_req, out)
+                with self._predictor_lock:
+                    self.predictor.observe(job.predict_req, out)
                 self.estimator.record_latency(time.time() - request.arrival_time)
             self._release_swap(job)
         return super()._free_request(request, delay_free_blocks)
@@ -139,6 +169,8 @@ class AliseScheduler(Scheduler):
 
     def schedule(self, *args, **kwargs):
         self._now = now = time.time()
+        if self._pending_predictions:
+            self._collect_predictions()
         for req_id, job in self.jobs.items():
             request = self.requests.get(req_id)
             if request is not None:

@@ -13,6 +13,8 @@ setup(
     # patches/ installs as `vllm_esp_patches` (a top-level "patches" would collide).
     packages=find_packages(include=["vllm_esp", "vllm_esp.*"]) + ["vllm_esp_patches"],
     package_dir={"vllm_esp_patches": "patches"},
+    package_data={"vllm_esp.planner": ["profiles/*.json"]},
+    include_package_data=True,
     install_requires=["tqdm", "numpy"],
     extras_require={
         # The CPU build of vLLM. It drags torchvision/torchaudio/torchcodec builds that

@@ -20,7 +20,8 @@ def _install(engine_args_cls) -> None:
 
     def add_cli_args(parser, *args, **kwargs):
         parser = original_add(parser, *args, **kwargs)
-        options.add_argument_group(parser)
+        if options.add_argument_group(parser):
+            _validate_after_parsing(parser)
         return parser
 
     def from_cli_args(cls, args):
@@ -32,6 +33,28 @@ def _install(engine_args_cls) -> None:
     add_cli_args.__wrapped__ = original_add
     engine_args_cls.add_cli_args = staticmethod(add_cli_args)
     engine_args_cls.from_cli_args = classmethod(from_cli_args)
+
+
+def _validate_after_parsing(parser) -> None:
+    """Report bad ESP option combinations as an argparse usage error (one line, exit 2).
+
+    ``vllm serve`` parses with a sub-parser, which argparse drives through
+    ``parse_known_args``; checking there catches the error before any engine starts.
+    """
+    from vllm_esp import options
+
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, rest = original(args, namespace)
+        try:
+            updates = options.apply_from_namespace(ns)
+            options.check_worker_limit(updates)
+        except ValueError as e:
+            parser.error(str(e))
+        return ns, rest
+
+    parser.parse_known_args = parse_known_args
 
 
 PATCH = Patch(

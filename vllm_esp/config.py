@@ -73,6 +73,27 @@ class ESPConfig:
         return cfg
 
 
+def check_worker_limit(esp: ESPConfig, on_cpu: bool) -> None:
+    """ValueError if ``esp`` needs more workers than this machine's cores / devices allow."""
+    if on_cpu:
+        limit = max_cpu_workers()
+        if esp.num_workers > limit:
+            raise ValueError(
+                f"--esp-instances {esp.instances} x --esp-tp {esp.tp} = {esp.num_workers} "
+                f"CPU workers exceed this machine's limit of {limit} "
+                f"({len(os.sched_getaffinity(0))} cores x VLLM_ESP_CPU_OVERSUBSCRIBE)"
+            )
+        return
+    from vllm.platforms import current_platform
+
+    devices = current_platform.device_count()
+    if esp.num_workers > devices:
+        raise ValueError(
+            f"--esp-instances {esp.instances} x --esp-tp {esp.tp} = {esp.num_workers} "
+            f"devices needed, {devices} available"
+        )
+
+
 def max_cpu_workers() -> int:
     """How many ESP worker processes the CPU build may start on this machine.
 

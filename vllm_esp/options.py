@@ -101,10 +101,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_argument_group(parser: argparse.ArgumentParser) -> None:
-    """Add ``--executor`` and ``--esp-*`` to a vLLM engine-args parser (idempotent)."""
-    if "--executor" in getattr(parser, "_option_string_actions", {}):
+def check_worker_limit(updates: dict[str, Any]) -> None:
+    """Refuse, before anything starts, more ESP workers than this machine can hold."""
+    raw = (updates.get("additional_config") or {}).get("esp")
+    if raw is None:
         return
+    from vllm.platforms import current_platform
+
+    from vllm_esp.config import check_worker_limit as check
+
+    check(ESPConfig.from_dict(raw), on_cpu=current_platform.is_cpu())
+
+
+def add_argument_group(parser: argparse.ArgumentParser) -> bool:
+    """Add ``--executor`` and ``--esp-*`` to a vLLM engine-args parser; False if present."""
+    if "--executor" in getattr(parser, "_option_string_actions", {}):
+        return False
     group = parser.add_argument_group(
         "ESP", "Elastic sequence parallelism (vllm-esp). --executor esp enables it."
     )
@@ -123,6 +135,7 @@ def add_argument_group(parser: argparse.ArgumentParser) -> None:
                        help="Queue order inside each instance's scheduler.")
     group.add_argument("--esp-cpu-bind", default=None,
                        help="CPU build: core list per worker, '|'-separated (default: even split).")
+    return True
 
 
 def apply_from_namespace(args: argparse.Namespace) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from vllm.v1.executor.abstract import Executor
 from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 
 from vllm_esp import envs
-from vllm_esp.config import ESPConfig, SCHEDULER_QUALNAME, max_cpu_workers
+from vllm_esp.config import ESPConfig, SCHEDULER_QUALNAME, check_worker_limit
 from vllm_esp.integration import cpu_binding
 from vllm_esp.integration.outputs import (
     ESPSchedulerOutput,
@@ -297,20 +297,4 @@ def _validate(vllm_config, esp: ESPConfig) -> None:
     if pc.worker_extension_cls not in ("", None, WORKER_EXTENSION):
         raise ValueError("--executor esp installs its own worker extension; "
                          f"--worker-extension-cls {pc.worker_extension_cls} cannot be combined")
-    if _on_cpu():
-        limit = max_cpu_workers()
-        if esp.num_workers > limit:
-            raise ValueError(
-                f"--esp-instances {esp.instances} x --esp-tp {esp.tp} = {esp.num_workers} "
-                f"CPU workers exceed this machine's limit of {limit} "
-                f"({len(os.sched_getaffinity(0))} cores x VLLM_ESP_CPU_OVERSUBSCRIBE)"
-            )
-    else:
-        from vllm.platforms import current_platform
-
-        devices = current_platform.device_count()
-        if esp.num_workers > devices:
-            raise ValueError(
-                f"--esp-instances {esp.instances} x --esp-tp {esp.tp} = {esp.num_workers} "
-                f"devices needed, {devices} available"
-            )
+    check_worker_limit(esp, on_cpu=_on_cpu())

@@ -1,0 +1,132 @@
+"""`vllm serve ... --executor esp` through the real `vllm` command and the OpenAI API."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from vllm_esp.testing.server import VLLMServer, vllm_command
+
+openai = pytest.importorskip("openai")
+
+COMMON = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
+          "--served-model-name", "tiny", "--kv-cache-memory-bytes", str(64 << 20),
+          "--no-enable-prefix-caching"]
+PROMPTS = ["Hello world", "The quick brown fox", "Elastic sequence parallelism lets",
+           "What is the capital of France?"]
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_models):
+    model = tiny_models["llama"]
+    stock = VLLMServer(model, COMMON).start()
+    try:
+        esp = VLLMServer(model, ["--executor", "esp", "--esp-instances", "2", *COMMON]).start()
+    except BaseException:
+        stock.stop()
+        raise
+    yield {"stock": stock, "esp": esp}
+    assert esp.stop() == [], "esp server left processes behind"
+    assert stock.stop() == []
+
+
+def _client(srv):
+    return openai.OpenAI(base_url=srv.url + "/v1", api_key="none")
+
+
+def _complete(srv, prompt, **kw):
+    r = _client(srv).completions.create(model="tiny", prompt=prompt, max_tokens=16,
+                                        temperature=0, **kw)
+    return r.choices[0].text
+
+
+def test_completions_match_stock(servers):
+    for p in PROMPTS:
+        assert _complete(servers["esp"], p) == _complete(servers["stock"], p)
+    seeded = dict(temperature=0.9, seed=5)
+    got = _client(servers["esp"]).completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=12, **seeded)
+    ref = _client(servers["stock"]).completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=12, **seeded)
+    assert got.choices[0].text == ref.choices[0].text
+
+
+def test_chat_matches_stock(servers):
+    msgs = [{"role": "user", "content": "Hello, how are you?"}]
+    out = {k: _client(s).chat.completions.create(model="tiny", messages=msgs, max_tokens=16,
+                                                  temperature=0).choices[0].message.content
+           for k, s in servers.items()}
+    assert out["esp"] == out["stock"]
+
+
+def test_streaming_matches_stock(servers):
+    def stream(srv):
+        chunks = _client(srv).completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=20,
+                                                 temperature=0, stream=True)
+        return [c.choices[0].text for c in chunks if c.choices]
+
+    got, ref = stream(servers["esp"]), stream(servers["stock"])
+    assert "".join(got) == "".join(ref) and len(got) > 1
+
+
+def _metric(srv, name) -> dict[str, float]:
+    values = {}
+    for line in srv.get("/metrics").splitlines():
+        m = re.match(rf'{re.escape(name)}\{{(.*)\}} ([-0-9.e+]+)$', line)
+        if m:
+            inst = re.search(r'instance="(\d+)"', m.group(1)).group(1)
+            values[inst] = float(m.group(2))
+    return values
+
+
+def test_metrics_show_per_instance_kv_usage(servers):
+    _complete(servers["esp"], PROMPTS[0])
+    usage = _metric(servers["esp"], "vllm_esp:kv_cache_usage_perc")
+    total = _metric(servers["esp"], "vllm_esp:kv_cache_total_blocks")
+    assert set(usage) == {"0", "1"} and set(total) == {"0", "1"}
+    assert all(0.0 <= v <= 1.0 for v in usage.values()) and all(v > 0 for v in total.values())
+    assert "vllm:kv_cache_usage_perc" in servers["esp"].get("/metrics")  # stock gauge still there
+
+
+def test_aborted_stream_frees_its_blocks(servers):
+    srv = servers["esp"]
+    stream = _client(srv).completions.create(model="tiny", prompt=PROMPTS[1] * 40, max_tokens=1500,
+                                             temperature=0, stream=True,
+                                             extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 5:
+            break
+    used = _metric(srv, "vllm_esp:kv_cache_used_blocks")
+    assert sum(used.values()) > 0, "the long stream should hold blocks while it runs"
+    stream.close()  # client disconnects -> server aborts the request
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _complete(srv, "x")  # a step after the abort refreshes the stats
+        used = _metric(srv, "vllm_esp:kv_cache_used_blocks")
+        running = _metric(srv, "vllm_esp:num_requests_running")
+        if sum(used.values()) == 0 and sum(running.values()) == 0:
+            break
+        time.sleep(1)
+    assert sum(used.values()) == 0, f"blocks still held after abort: {used}"
+
+
+def test_too_long_prompt_is_rejected_and_server_keeps_serving(servers):
+    srv = servers["esp"]
+    status, body = srv.post("/v1/completions", {"model": "tiny", "prompt": [5] * 3000,
+                                                "max_tokens": 4})
+    assert status == 400
+    assert "2048" in str(body)  # names the limit
+    assert _complete(srv, PROMPTS[0]) == _complete(servers["stock"], PROMPTS[0])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--executor", "esp", "--esp-instances", "0"], "positive integer"),
+    (["--executor", "esp", "--pipeline-parallel-size", "2"], "pipeline parallelism"),
+    (["--executor", "esp", "--esp-instances", "64"], "exceed this machine's limit"),
+])
+def test_bad_esp_options_fail_at_start_with_a_reason(tiny_models, argv, message):
+    proc = subprocess.run([*vllm_command(), "serve", tiny_models["llama"], *COMMON, *argv],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr

@@ -1,0 +1,143 @@
+"""Every patch: applies on the supported vLLM, refuses loudly outside it, applies once."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+import vllm_esp_patches
+from vllm_esp_patches._patching import Patch, UnsupportedVLLMVersion, check_version
+
+
+def test_installed_vllm_is_in_the_supported_range():
+    # Fails loudly (with the message users would see) on an unsupported vLLM.
+    check_version(vllm_esp_patches.vllm_version())
+
+
+@pytest.mark.parametrize("version", ["0.31.2", "0.34.0", "1.0.0", "0.9.0+cpu", "garbage"])
+def test_every_patch_refuses_an_unsupported_vllm(version, monkeypatch):
+    monkeypatch.delenv("VLLM_ESP_SKIP_VERSION_CHECK", raising=False)
+    for patch in vllm_esp_patches.all_patches():
+        with pytest.raises(UnsupportedVLLMVersion, match="vLLM"):
+            patch.apply(version=version)
+
+
+@pytest.mark.parametrize("version", ["0.32.0", "0.32.0+cpu", "0.33.5"])
+def test_supported_versions_pass_the_guard(version):
+    check_version(version)
+
+
+def test_patches_apply_once():
+    vllm_esp_patches.apply_all()
+    assert vllm_esp_patches.apply_all() == []  # second call applies nothing
+    assert all(p.applied for p in vllm_esp_patches.all_patches())
+
+
+def test_patch_record_refuses_double_install():
+    calls = []
+    target = type("T", (), {})
+    import sys
+    import types
+
+    mod = types.ModuleType("_fake_target_mod")
+    mod.T = target
+    sys.modules["_fake_target_mod"] = mod
+    p = Patch(name="fake", target="_fake_target_mod:T", install=calls.append, why="test")
+    assert p.apply(version="0.32.0") is True
+    assert p.apply(version="0.32.0") is False
+    assert calls == [target]
+
+
+def test_executor_name_esp_resolves_to_esp_executor():
+    from types import SimpleNamespace
+
+    from vllm.v1.executor.abstract import Executor
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+    from vllm_esp.integration.executor import ESPExecutor
+
+    vllm_esp_patches.apply_all()
+    cfg = lambda b: SimpleNamespace(parallel_config=SimpleNamespace(distributed_executor_backend=b))
+    assert Executor.get_class(cfg("esp")) is ESPExecutor
+    assert Executor.get_class(cfg("mp")) is MultiprocExecutor  # stock names untouched
+
+
+def test_scheduler_stats_esp_field_survives_engine_core_serialisation():
+    from vllm.v1.engine import EngineCoreOutputs
+    from vllm.v1.metrics.stats import SchedulerStats
+    from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+    vllm_esp_patches.apply_all()
+    stats = SchedulerStats(num_running_reqs=2)
+    stats.esp = {"kv_used_blocks": [3, 4], "kv_total_blocks": [10, 10]}
+    wire = MsgpackEncoder().encode(EngineCoreOutputs(scheduler_stats=stats))
+    back = MsgpackDecoder(EngineCoreOutputs).decode(wire)
+    assert back.scheduler_stats.esp == stats.esp
+    assert back.scheduler_stats.num_running_reqs == 2
+    assert SchedulerStats().esp is None  # stock code paths never see a value
+
+
+def _serve_parser():
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    vllm_esp_patches.apply_all()
+    return AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
+
+
+def test_cli_executor_esp_folds_into_engine_args():
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    args = _serve_parser().parse_args(
+        ["--model", "m", "--executor", "esp", "--esp-instances", "3", "--esp-policy", "fcfs"])
+    ea = AsyncEngineArgs.from_cli_args(args)
+    assert ea.distributed_executor_backend == "vllm_esp.integration.executor.ESPExecutor"
+    assert ea.scheduler_cls == "vllm_esp.integration.scheduler.ESPScheduler"
+    assert ea.additional_config["esp"] == {"instances": 3, "tp": 1, "policy": "fcfs"}
+
+
+def test_cli_stock_executor_names_pass_through():
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    ea = AsyncEngineArgs.from_cli_args(_serve_parser().parse_args(["--model", "m", "--executor", "mp"]))
+    assert ea.distributed_executor_backend == "mp"
+    assert ea.scheduler_cls is None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--esp-instances", "2"], "need --executor esp"),
+    (["--executor", "mp", "--esp-instances", "2"], "use --executor esp"),
+    (["--executor", "esp", "--pipeline-parallel-size", "2"], "pipeline parallelism"),
+    (["--executor", "esp", "--esp-tp", "2", "--tensor-parallel-size", "4"], "disagrees"),
+])
+def test_cli_bad_combinations_fail_with_a_reason(argv, message):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    args = _serve_parser().parse_args(["--model", "m", *argv])
+    with pytest.raises(ValueError, match=message):
+        AsyncEngineArgs.from_cli_args(args)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_cli_esp_instances_must_be_positive(value, capsys):
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--model", "m", "--executor", "esp", "--esp-instances", value])
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_llm_kwargs_translation():
+    from vllm_esp.options import apply_to_kwargs
+
+    kw = apply_to_kwargs({"executor": "esp", "esp_instances": 2, "dtype": "float32"})
+    assert kw["distributed_executor_backend"].endswith("ESPExecutor")
+    assert kw["additional_config"]["esp"]["instances"] == 2 and kw["dtype"] == "float32"
+    kw = apply_to_kwargs({"distributed_executor_backend": "esp", "esp_instances": 2})
+    assert kw["distributed_executor_backend"].endswith("ESPExecutor")
+    assert apply_to_kwargs({"dtype": "half"}) == {"dtype": "half"}  # stock use untouched
+    with pytest.raises(ValueError, match="positive integer"):
+        apply_to_kwargs({"executor": "esp", "esp_instances": 0})
+    # a user scheduler next to --executor esp runs inside each instance
+    kw = apply_to_kwargs({"executor": "esp", "scheduler_cls": "pkg.mod.MySched"})
+    assert kw["additional_config"]["esp"]["instance_scheduler"] == "pkg.mod.MySched"
+    assert kw["scheduler_cls"].endswith("ESPScheduler")

@@ -111,12 +111,21 @@ def test_cli_stock_executor_names_pass_through():
     (["--executor", "esp", "--pipeline-parallel-size", "2"], "pipeline parallelism"),
     (["--executor", "esp", "--esp-tp", "2", "--tensor-parallel-size", "4"], "disagrees"),
 ])
-def test_cli_bad_combinations_fail_with_a_reason(argv, message):
+def test_cli_bad_combinations_fail_with_a_reason(argv, message, capsys):
+    # as `vllm serve` does it: a usage error while parsing, exit code 2, one line
+    with pytest.raises(SystemExit) as exit_info:
+        _serve_parser().parse_args(["--model", "m", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_from_cli_args_raises_value_error_for_programmatic_namespaces():
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    args = _serve_parser().parse_args(["--model", "m", *argv])
-    with pytest.raises(ValueError, match=message):
-        AsyncEngineArgs.from_cli_args(args)
+    ns = _serve_parser().parse_args(["--model", "m"])
+    ns.executor, ns.esp_instances, ns.pipeline_parallel_size = "esp", 2, 2
+    with pytest.raises(ValueError, match="pipeline parallelism"):
+        AsyncEngineArgs.from_cli_args(ns)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])

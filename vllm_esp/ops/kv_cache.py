@@ -61,19 +61,59 @@ class CpuPagedKV:
             key.contiguous(), value.contiguous(), kc, vc, slot_mapping.to(torch.int64), self.isa
         )
 
+    def gather_blocks(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n, Hkv, block_size, D]``.
+
+        When the probed in-slab order is affine in (token, dim) — true for ``vec``, where K is
+        ``[D, bs]`` and V ``[bs, D]`` — this is a strided view plus one block gather; other
+        ISAs fall back to an element gather through the probed index map.
+        """
+        nb, h, bs, d2 = kv_cache.shape
+        d = self.head_dim
+        slabs = kv_cache.view(nb, h, bs * d2)
+        aff = _affine_maps(self.isa, bs, d, self.dtype)
+        if aff is not None:
+            base = slabs.stride(1)
+            views = [torch.as_strided(slabs, (nb, h, bs, d),
+                                      (slabs.stride(0), base, st, sd),
+                                      slabs.storage_offset() + off)
+                     for off, st, sd in aff]
+            return views[0][block_ids.long()], views[1][block_ids.long()]
+        k_idx, v_idx = _probe_cpu_layout(self.isa, bs, d, self.dtype)
+        sel = slabs[block_ids.long()]  # [..., n, H, bs*2D]
+        lead = sel.shape[:-1]
+        k = sel[..., k_idx.view(-1)].view(*lead, bs, d)
+        v = sel[..., v_idx.view(-1)].view(*lead, bs, d)
+        return k, v
+
     def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n * block_size, Hkv, D]``."""
-        k_idx, v_idx = _probe_cpu_layout(self.isa, self.block_size, self.head_dim, self.dtype)
-        nb, h, bs, d2 = kv_cache.shape
-        slabs = kv_cache.view(nb, h, bs * d2)[block_ids.long()]  # [..., n, H, bs*2D]
-        lead = slabs.shape[:-2]
-        k = slabs[..., k_idx.view(-1)].view(*lead, h, bs, self.head_dim)
-        v = slabs[..., v_idx.view(-1)].view(*lead, h, bs, self.head_dim)
-        # [..., n, H, bs, D] -> [..., n*bs, H, D]
-        k = k.transpose(-3, -2).reshape(*lead[:-1], lead[-1] * bs, h, self.head_dim)
-        v = v.transpose(-3, -2).reshape(*lead[:-1], lead[-1] * bs, h, self.head_dim)
-        return k, v
+        k, v = self.gather_blocks(kv_cache, block_ids)
+        return _token_major(k), _token_major(v)
+
+
+def _token_major(x: torch.Tensor) -> torch.Tensor:
+    """``[..., n, H, bs, D]`` -> ``[..., n * bs, H, D]``."""
+    *lead, n, h, bs, d = x.shape
+    return x.transpose(-3, -2).reshape(*lead, n * bs, h, d)
+
+
+@functools.lru_cache(maxsize=32)
+def _affine_maps(isa: str, block_size: int, head_dim: int, dtype: torch.dtype):
+    """``((off, t_stride, d_stride) for K, for V)`` if the probed maps are affine, else None."""
+    maps = []
+    for idx in _probe_cpu_layout(isa, block_size, head_dim, dtype):
+        off = int(idx[0, 0])
+        st = int(idx[1, 0] - idx[0, 0]) if block_size > 1 else 0
+        sd = int(idx[0, 1] - idx[0, 0]) if head_dim > 1 else 0
+        t = torch.arange(block_size).view(-1, 1)
+        dd = torch.arange(head_dim).view(1, -1)
+        if not torch.equal(idx, off + t * st + dd * sd):
+            return None
+        maps.append((off, st, sd))
+    return tuple(maps)
 
 
 @functools.lru_cache(maxsize=32)
@@ -137,10 +177,15 @@ class NhdPagedKV:
         kflat[slots] = key[keep].to(kv_cache.dtype)
         vflat[slots] = value[keep].to(kv_cache.dtype)
 
+    def gather_blocks(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n, Hkv, block_size, D]``."""
+        k = kv_cache[0][block_ids.long()].transpose(-3, -2)  # from [..., n, bs, H, D]
+        v = kv_cache[1][block_ids.long()].transpose(-3, -2)
+        return k, v
+
     def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        k = kv_cache[0][block_ids.long()]  # [..., n, bs, H, D]
-        v = kv_cache[1][block_ids.long()]
-        lead = k.shape[:-3]
-        shape = (*lead[:-1], lead[-1] * self.block_size, self.num_kv_heads, self.head_dim)
-        return k.reshape(shape), v.reshape(shape)
+        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n * block_size, Hkv, D]``."""
+        k, v = self.gather_blocks(kv_cache, block_ids)
+        return _token_major(k), _token_major(v)

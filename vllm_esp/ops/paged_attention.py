@@ -45,15 +45,18 @@ def paged_attention_with_lse(
     blocks = block_table[:, :nblk].to(torch.int64).clamp(min=0)
     num_blocks = kv_cache.shape[0] if kv_cache.dim() == 4 else kv_cache.shape[1]
     blocks = torch.where(blocks < num_blocks, blocks, torch.zeros_like(blocks))
-    k, v = layout.gather(kv_cache, blocks)  # [B, S, Hkv, D]
-    g = hq // k.shape[2]
-    kf = k.float().repeat_interleave(g, dim=2)  # [B, S, Hq, D]
-    vf = v.float().repeat_interleave(g, dim=2)
-    s = torch.einsum("bhd,bshd->bhs", q.float(), kf) * scale
-    valid = torch.arange(s.shape[-1]).unsqueeze(0) < seq_lens.unsqueeze(1)  # [B, S]
-    s = s.masked_fill(~valid.to(s.device).unsqueeze(1), float("-inf"))
-    l = torch.logsumexp(s, dim=-1)  # [B, Hq]
+    k, v = layout.gather_blocks(kv_cache, blocks)  # [B, n, Hkv, bs, D]
+    hkv = k.shape[2]
+    g = hq // hkv
+    cdt = torch.float32
+    qg = q.to(cdt).view(b, hkv, g, d)  # query head h reads KV head h // g
+    s = torch.einsum("bhgd,bnhtd->bhgnt", qg, k.to(cdt)) * scale  # [B, Hkv, g, n, bs]
+    s = s.reshape(b, hkv, g, nblk * bs)
+    valid = torch.arange(nblk * bs).unsqueeze(0) < seq_lens.unsqueeze(1)  # [B, S]
+    s = s.masked_fill(~valid.to(s.device).view(b, 1, 1, -1), float("-inf"))
+    l = torch.logsumexp(s, dim=-1)  # [B, Hkv, g]
     l_safe = torch.where(torch.isneginf(l), torch.zeros_like(l), l)
-    p = torch.exp(s - l_safe.unsqueeze(-1))
-    o = torch.einsum("bhs,bshd->bhd", p, vf)
+    p = torch.exp(s - l_safe.unsqueeze(-1)).view(b, hkv, g, nblk, bs)
+    o = torch.einsum("bhgnt,bnhtd->bhgd", p, v.to(cdt)).reshape(b, hq, d)
+    l = l.reshape(b, hq)
     return o.to(q.dtype), l.transpose(0, 1).contiguous()

@@ -82,3 +82,14 @@ def test_decode_bytes_do_not_grow_with_context(esp_world):
     pairs = sum(1 for i, row in enumerate(short) for j, n in enumerate(row)
                 if n > 0 and j != masters[i])
     assert sum(b_short) == pairs * (hq * d * 4 * 2 + hq * 4)
+
+
+def test_decode_member_without_role(esp_world):
+    """A member that masters nothing and holds nothing sends and receives nothing."""
+    group, masters, kv_lens = [1, 0, 3], [0, 2], [[5, 0, 7], [0, 0, 40]]
+    res = run_decode(esp_world, group, masters, kv_lens, 4, 2, 64, torch.float32, seed=4)
+    ref_out, _ = dense_decode(masters, kv_lens, 4, 2, 64, torch.float32, 4)
+    assert res[0][0] == [] and res[0][3] == 0 and res[0][1].shape[0] == 0
+    for rank in (1, 3):
+        mine, out, _, _ = res[rank]
+        torch.testing.assert_close(out, ref_out[mine], atol=1e-5, rtol=0)

@@ -110,3 +110,13 @@ def test_keep_range_writes_equal_direct_write(esp_world, k, dtype):
         assert torch.equal(res[rank][2], direct)
         total_kept += rows.numel()
     assert total_kept == sum(seq_lens)
+
+
+def test_ring_prefill_ranks_without_tokens(esp_world):
+    """k=4 with requests of 1 and 2 tokens: logical ranks 2 and 3 hold no query but relay."""
+    seq_lens = [1, 2, 1]
+    group, res = run_ring(esp_world, 4, seq_lens, 4, 2, 64, torch.float32, seed=21)
+    check_against_dense(group, res, seq_lens, 4, 2, 64, torch.float32, 21, 1e-5)
+    assert res[group[2]][0].shape[0] == 0 and res[group[3]][0].shape[0] == 0
+    # empty shards are not sent, relayed ones are: the group total is still (k-1)*|K,V|
+    assert sum(res[rank][3] for rank in group) == 3 * sum(seq_lens) * 2 * 2 * 64 * 4

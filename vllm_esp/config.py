@@ -16,7 +16,10 @@ SCHEDULER_QUALNAME = "vllm_esp.integration.scheduler.ESPScheduler"
 
 # --executor choices: "esp" is ours, the rest are vLLM's own backends passed through.
 EXECUTOR_CHOICES = ("esp", "mp", "uni", "ray")
-POLICY_CHOICES = ("fcfs", "priority", "alise")
+# Queue policy inside each instance: fcfs = vLLM's own scheduler; sjf / alise = the
+# length-aware scheduler of vllm_esp.scheduling (shortest predicted job first, + aging).
+POLICY_CHOICES = ("fcfs", "sjf", "alise")
+PREDICTOR_CHOICES = ("retrieval", "online", "oracle", "hint")
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class ESPConfig:
     instances: int = 1  # model replicas ("instances"), each with its own paged KV cache
     tp: int = 1  # tensor-parallel workers per instance (vLLM's normal TP)
     policy: str = "fcfs"  # queue order inside each instance's scheduler
+    predictor: str | None = None  # output-length predictor of the sjf/alise policies
     cpu_bind: str | None = None  # per-worker core lists "0|1|..." (CPU only); None = even split
     # dotted path of the scheduler class run per instance (default: by policy)
     instance_scheduler: str | None = None
@@ -39,25 +43,33 @@ class ESPConfig:
             raise ValueError(
                 f"--esp-policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}"
             )
+        if self.predictor is not None and self.predictor not in PREDICTOR_CHOICES:
+            raise ValueError(f"--esp-predictor must be one of {', '.join(PREDICTOR_CHOICES)}, "
+                             f"got {self.predictor!r}")
 
     @property
     def num_workers(self) -> int:
         return self.instances * self.tp
 
     def to_dict(self) -> dict[str, Any]:
+        """Own options only (a section may carry scheduler options next to them)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "ESPConfig":
+        """Read the ``esp`` section; it also holds the length-aware scheduler's options."""
+        from vllm_esp.scheduling.config import SchedulingConfig
+
         raw = dict(raw or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+        own = {f.name for f in fields(cls)}
+        shared = {f.name for f in fields(SchedulingConfig)}
+        unknown = sorted(set(raw) - own - shared)
         if unknown:
             raise ValueError(
                 f"unknown ESP option(s) {unknown} in additional_config['esp']; "
-                f"known: {sorted(known)}"
+                f"known: {sorted(own | shared)}"
             )
-        return cls(**raw)
+        return cls(**{k: v for k, v in raw.items() if k in own})
 
     @classmethod
     def from_vllm_config(cls, vllm_config) -> "ESPConfig":

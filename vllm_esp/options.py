@@ -16,6 +16,7 @@ from vllm_esp.config import (
     EXECUTOR_CHOICES,
     EXECUTOR_QUALNAME,
     POLICY_CHOICES,
+    PREDICTOR_CHOICES,
     SCHEDULER_QUALNAME,
     ESPConfig,
 )
@@ -28,7 +29,9 @@ ESP_OPTIONS = {
     "esp_tp": "tp",
     "esp_policy": "policy",
     "esp_cpu_bind": "cpu_bind",
+    "esp_predictor": "predictor",
 }
+LENGTH_AWARE_SCHEDULER = "vllm_esp.scheduling.AliseScheduler"
 
 
 def apply(
@@ -47,6 +50,12 @@ def apply(
     """
     esp = {k: v for k, v in esp.items() if v is not None}
     if executor is None:
+        if esp and set(esp) <= {"policy", "predictor"} and esp.get("policy", "alise") != "fcfs":
+            # length-aware scheduling on stock vLLM (one instance, its own executor)
+            cfg = dict(additional_config or {})
+            cfg["esp"] = {**cfg.get("esp", {}), **esp}
+            ESPConfig.from_dict(cfg["esp"])  # validates
+            return {"scheduler_cls": LENGTH_AWARE_SCHEDULER, "additional_config": cfg}
         if esp:
             flags = ", ".join(f"--esp-{k.replace('_', '-')}" for k in esp)
             raise ValueError(f"{flags} need --executor esp")
@@ -73,7 +82,7 @@ def apply(
     merged_config = dict(additional_config or {})
     merged = {**merged_config.get("esp", {}), **esp}
     cfg = ESPConfig.from_dict(merged)  # validates
-    merged_config["esp"] = cfg.to_dict()
+    merged_config["esp"] = {**merged, **cfg.to_dict()}  # keeps the scheduler's own keys
     updates: dict[str, Any] = {
         "distributed_executor_backend": EXECUTOR_QUALNAME,
         "additional_config": merged_config,
@@ -132,7 +141,11 @@ def add_argument_group(parser: argparse.ArgumentParser) -> bool:
     group.add_argument("--esp-tp", type=_positive_int, default=None,
                        help="Tensor-parallel workers per instance (= --tensor-parallel-size).")
     group.add_argument("--esp-policy", choices=POLICY_CHOICES, default=None,
-                       help="Queue order inside each instance's scheduler.")
+                       help="Queue order inside each instance: fcfs (vLLM's), sjf or alise "
+                       "(shortest predicted job first; alise adds aging and preemption). "
+                       "Without --executor esp, sjf/alise apply to stock vLLM.")
+    group.add_argument("--esp-predictor", choices=PREDICTOR_CHOICES, default=None,
+                       help="Output-length predictor of the sjf/alise policies.")
     group.add_argument("--esp-cpu-bind", default=None,
                        help="CPU build: core list per worker, '|'-separated (default: even split).")
     return True

@@ -71,6 +71,20 @@ def _workload():
     return prompts, SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
 
 
+_ref_cache: dict = {}
+
+
+def _stock_reference(model):
+    if model not in _ref_cache:
+        prompts, params = _workload()
+        ref = make_engine(model, None)
+        try:
+            _ref_cache[model] = ref.generate(prompts, params, use_tqdm=False)
+        finally:
+            close_engine(ref)
+    return _ref_cache[model]
+
+
 @pytest.fixture(scope="module")
 def preemption_run(tiny_models):
     """ESP, 2 instances of 16 blocks (2048 tokens) each, 24 requests needing 2 blocks each."""
@@ -85,11 +99,7 @@ def preemption_run(tiny_models):
                   "total": [sched.pool.total_blocks(i) for i in range(2)]}
     finally:
         close_engine(llm)
-    ref = make_engine(tiny_models["llama"], None)
-    try:
-        result["ref"] = ref.generate(prompts, params, use_tqdm=False)
-    finally:
-        close_engine(ref)
+    result["ref"] = _stock_reference(tiny_models["llama"])
     return result
 
 
@@ -112,3 +122,21 @@ def test_every_instance_pool_is_all_free_after_the_run(preemption_run):
 def test_both_instances_served_requests(preemption_run):
     # 24 equal requests arriving at once over 2 equal pools: queued demand splits them evenly
     assert preemption_run["stats"]["dispatched"] == [12, 12]
+
+
+def test_alise_policy_inside_esp_instances_matches_stock(tiny_models):
+    """--esp-policy alise: the length-aware scheduler runs in each instance (small pools)."""
+    prompts, params = _workload()
+    llm = _inproc_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=2 * MiB,
+                         max_model_len=1024, esp_policy="alise", esp_predictor="online")
+    try:
+        sched = _scheduler(llm)
+        assert all(type(s).__name__ == "AliseScheduler" for s in sched.instances)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        stats = sched.esp_stats()
+    finally:
+        close_engine(llm)
+    ref = _stock_reference(tiny_models["llama"])
+    for r, g in zip(ref, outs):
+        assert list(g.outputs[0].token_ids) == list(r.outputs[0].token_ids)
+    assert stats["kv_used_blocks"] == [0, 0]

@@ -130,3 +130,14 @@ def test_bad_esp_options_fail_at_start_with_a_reason(tiny_models, argv, message)
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
+
+
+def test_plain_qualname_route_without_any_plugin(servers, tiny_models):
+    """vLLM's own flags with dotted paths, plugin loading switched off (VLLM_PLUGINS="")."""
+    args = ["--distributed-executor-backend", "vllm_esp.integration.executor.ESPExecutor",
+            "--scheduler-cls", "vllm_esp.integration.scheduler.ESPScheduler",
+            "--additional-config", '{"esp": {"instances": 2}}', *COMMON]
+    with VLLMServer(tiny_models["llama"], args, env={"VLLM_PLUGINS": ""}) as srv:
+        for p in PROMPTS[:2]:
+            assert _complete(srv, p) == _complete(servers["stock"], p)
+        assert "--executor" not in srv.tail(200)  # sanity: nothing of the plugin's CLI involved

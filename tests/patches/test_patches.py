@@ -150,3 +150,18 @@ def test_llm_kwargs_translation():
     kw = apply_to_kwargs({"executor": "esp", "scheduler_cls": "pkg.mod.MySched"})
     assert kw["additional_config"]["esp"]["instance_scheduler"] == "pkg.mod.MySched"
     assert kw["scheduler_cls"].endswith("ESPScheduler")
+
+
+def test_policy_flags_map_to_the_length_aware_scheduler():
+    from vllm_esp.options import apply_to_kwargs
+
+    kw = apply_to_kwargs({"executor": "esp", "esp_policy": "alise", "esp_predictor": "online",
+                          "additional_config": {"esp": {"aging_rate": 0.5}}})
+    assert kw["additional_config"]["esp"] == {"instances": 1, "tp": 1, "policy": "alise",
+                                              "predictor": "online", "aging_rate": 0.5}
+    # without --executor esp the policy applies to stock vLLM's single scheduler
+    kw = apply_to_kwargs({"esp_policy": "sjf", "esp_predictor": "oracle"})
+    assert kw["scheduler_cls"] == "vllm_esp.scheduling.AliseScheduler"
+    assert kw["additional_config"]["esp"] == {"policy": "sjf", "predictor": "oracle"}
+    with pytest.raises(ValueError, match="unknown ESP option"):
+        apply_to_kwargs({"executor": "esp", "additional_config": {"esp": {"instnces": 2}}})

@@ -39,6 +39,8 @@ logger = init_logger(__name__)
 # --esp-policy -> scheduler class run inside each instance
 POLICY_SCHEDULERS = {
     "fcfs": "vllm.v1.core.sched.scheduler.Scheduler",
+    "sjf": "vllm_esp.scheduling.AliseScheduler",
+    "alise": "vllm_esp.scheduling.AliseScheduler",
 }
 
 

@@ -13,7 +13,7 @@ tokens of request 0, then request 1, ...
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -66,6 +66,8 @@ class RingPrefillPlan:
     seq_lens: list[int]
     keep_ranges: list[tuple[int, int]] | None = None
     keep_slots: torch.Tensor | None = None
+    # derived per source rank, computed on first use and reused by every layer
+    _slot_maps: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         k = len(self.group_ranks)
@@ -100,6 +102,12 @@ def shard_slot_mapping(plan: RingPrefillPlan, src: int) -> torch.Tensor | None:
     """
     if plan.keep_ranges is None or plan.keep_slots is None:
         return None
+    if src not in plan._slot_maps:
+        plan._slot_maps[src] = _build_slot_mapping(plan, src)
+    return plan._slot_maps[src]
+
+
+def _build_slot_mapping(plan: RingPrefillPlan, src: int) -> torch.Tensor | None:
     k = plan.k
     maps, slot_off, any_kept = [], 0, False
     for (b, e), n in zip(plan.keep_ranges, plan.seq_lens):

@@ -71,6 +71,8 @@ def ring_prefill_attention(
     counts = [plan.counts(j) for j in range(kk)]
     if q.shape[0] != sum(counts[r]) or k.shape[0] != q.shape[0]:
         raise ValueError(f"local rows {q.shape[0]} != plan's {sum(counts[r])} for rank {r}")
+    if kk > 1 and comm is None:
+        raise ValueError("a ring over more than one rank needs a communicator")
     write = kv_cache is not None and kv_writer is not None and plan.keep_ranges is not None
     out = lse = None
     shard_k, shard_v = k.contiguous(), v.contiguous()

@@ -61,3 +61,23 @@ def test_self_send_is_rejected():
     comm = ESPCommunicator(None, 0)
     with pytest.raises(ValueError):
         comm.exchange({0: [torch.zeros(1)]}, {})
+
+
+def _late_partner(comm, group, delay_s):
+    import time
+
+    if comm.rank == group[1]:
+        time.sleep(delay_s)
+    t0 = time.perf_counter()
+    p = comm.ring_shift([torch.ones(1000)], [torch.empty(1000)], group)
+    posted = time.perf_counter() - t0
+    got = p.wait_one()[0]
+    return posted, time.perf_counter() - t0, float(got.sum())
+
+
+def test_ring_shift_posts_without_blocking(esp_world):
+    """Posting returns at once although the partner is late; only wait() blocks."""
+    group = [0, 3]
+    res = esp_world.run(_late_partner, [(group, 1.0), None, None, (group, 1.0)])
+    posted, waited, total = res[0]
+    assert posted < 0.3 and waited > 0.7 and total == 1000.0

@@ -17,7 +17,6 @@ removes that choice, and asking for it explicitly raises a clear error.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,7 +65,9 @@ def select_backends(device: torch.device | str = "cpu", layout=None,
     from vllm_esp.ops.paged_attention import paged_attention_with_lse
 
     device = torch.device(device)
-    override = override or os.environ.get(ENV_VAR) or None
+    from vllm_esp import envs
+
+    override = override or envs.VLLM_ESP_OPS_BACKEND
     cuda = device.type == "cuda"
     if override not in (None, "auto", "torch", "triton", "flash_attn", "vllm"):
         raise ValueError(f"unknown ESP ops backend {override!r}")

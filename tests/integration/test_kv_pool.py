@@ -26,7 +26,9 @@ def _fake_instance(free: int, total: int, waiting: list[int] = (), running: int 
     reqs.update({f"r{i}": SimpleNamespace(request_id=f"r{i}", status=RequestStatus.RUNNING,
                                           num_tokens=1) for i in range(running)})
     pool = SimpleNamespace(get_num_free_blocks=lambda: free, num_gpu_blocks=total + 1)
-    return SimpleNamespace(kv_cache_manager=SimpleNamespace(block_pool=pool), requests=reqs)
+    held = {rid: ([1, 2],) for rid in reqs if rid.startswith("r")}
+    manager = SimpleNamespace(block_pool=pool, get_block_ids=lambda rid: held.get(rid, ([],)))
+    return SimpleNamespace(kv_cache_manager=manager, requests=reqs)
 
 
 def test_dispatch_prefers_most_free_kv():
@@ -45,6 +47,15 @@ def test_dispatch_ties_go_to_fewest_requests():
     pool = DistributedKVPool([_fake_instance(10, 20, running=3), _fake_instance(10, 20, running=1)],
                              block_size=16)
     assert pool.choose_instance(None) == 1
+
+
+def test_placement_map_reports_blocks_per_instance():
+    pool = DistributedKVPool([_fake_instance(10, 20), _fake_instance(10, 20, running=1)],
+                             block_size=16)
+    pool.assign("r0", 1)
+    assert pool.placement("r0") == {1: 2}
+    pool.forget("r0")
+    assert pool.placement("r0") == {} and pool.instance_of == {}
 
 
 # ---- engine: accounting and preemption -----------------------------------------------------
@@ -94,8 +105,8 @@ def preemption_run(tiny_models):
     try:
         sched = _scheduler(llm)
         outs = llm.generate(prompts, params, use_tqdm=False)
-        result = {"outs": outs, "stats": sched.esp_stats(), "owner": dict(sched.owner),
-                  "placement": dict(sched.pool.placement),
+        result = {"outs": outs, "stats": sched.esp_stats(),
+                  "instance_of": dict(sched.pool.instance_of),
                   "total": [sched.pool.total_blocks(i) for i in range(2)]}
     finally:
         close_engine(llm)
@@ -116,7 +127,7 @@ def test_every_instance_pool_is_all_free_after_the_run(preemption_run):
     assert stats["kv_used_blocks"] == [0, 0]
     assert stats["kv_total_blocks"] == preemption_run["total"]
     assert stats["running"] == [0, 0] and stats["waiting"] == [0, 0]
-    assert preemption_run["owner"] == {} and preemption_run["placement"] == {}
+    assert preemption_run["instance_of"] == {}  # placement map emptied as requests finished
 
 
 def test_both_instances_served_requests(preemption_run):

@@ -19,6 +19,12 @@ def _format(cores: list[int]) -> str:
 
 
 def even_split(num_workers: int, cores: list[int]) -> list[str]:
+    """Like vLLM's "auto" mode, keep one core for the engine process when there are spare
+    cores (the scheduler and output processing run there; OpenMP threads sharing its core
+    slow every step); split the rest evenly. More workers than cores: one core each, wrapping.
+    """
+    if num_workers < len(cores):
+        cores = cores[:-1]
     if num_workers <= len(cores):
         per = len(cores) // num_workers
         return [_format(cores[w * per:(w + 1) * per]) for w in range(num_workers)]

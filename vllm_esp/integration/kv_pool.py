@@ -27,9 +27,9 @@ class DistributedKVPool:
     def __init__(self, instance_schedulers: list, block_size: int):
         self.schedulers = instance_schedulers
         self.block_size = block_size
-        # request id -> {instance: number of blocks it holds there}; one entry per instance
-        # the request touched. In this release a request lives on exactly one instance.
-        self.placement: dict[str, dict[int, int]] = {}
+        # request id -> instance it was dispatched to. In this release a request lives on
+        # exactly one instance; placement() reads the blocks it holds there on demand.
+        self.instance_of: dict[str, int] = {}
 
     @property
     def num_instances(self) -> int:
@@ -60,12 +60,12 @@ class DistributedKVPool:
         return -(-num_tokens // self.block_size)
 
     def pending_demand(self, instance: int) -> int:
-        """Blocks that requests queued on ``instance`` will need when their prefill starts."""
-        sched = self.schedulers[instance]
+        """Blocks that requests queued on ``instance`` (new or preempted, holding no blocks)
+        will need when their prefill starts."""
         return sum(
             self.blocks_for(r.num_tokens)
-            for r in sched.requests.values()
-            if r.status == RequestStatus.WAITING and not self.placement.get(r.request_id)
+            for r in self.schedulers[instance].requests.values()
+            if r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
         )
 
     def choose_instance(self, request: Request) -> int:
@@ -77,10 +77,17 @@ class DistributedKVPool:
 
         return min(range(self.num_instances), key=key)
 
-    def record(self, request_id: str, instance: int) -> None:
-        blocks = self.schedulers[instance].kv_cache_manager.get_block_ids(request_id)
-        held = sum(len(g) for g in blocks)
-        self.placement[request_id] = {instance: held} if held else {}
+    def assign(self, request_id: str, instance: int) -> None:
+        self.instance_of[request_id] = instance
 
     def forget(self, request_id: str) -> None:
-        self.placement.pop(request_id, None)
+        self.instance_of.pop(request_id, None)
+
+    def placement(self, request_id: str) -> dict[int, int]:
+        """{instance: blocks held there} for a live request ({} if it holds none)."""
+        instance = self.instance_of.get(request_id)
+        if instance is None:
+            return {}
+        blocks = self.schedulers[instance].kv_cache_manager.get_block_ids(request_id)
+        held = sum(len(g) for g in blocks)
+        return {instance: held} if held else {}

@@ -84,7 +84,6 @@ class ESPScheduler(SchedulerInterface):
             for _ in range(self.esp.instances)
         ]
         self.pool = DistributedKVPool(self.instances, block_size)
-        self.owner: dict[str, int] = {}  # request id -> instance running it
         self.num_preemptions = [0] * self.esp.instances  # cumulative, per instance
         self.num_dispatched = [0] * self.esp.instances  # requests sent to each instance
         self.connector = None  # KV connectors are refused at start-up
@@ -95,10 +94,10 @@ class ESPScheduler(SchedulerInterface):
 
     # ---- requests in and out ----------------------------------------------------------
     def add_request(self, request: Request) -> None:
-        instance = self.owner.get(request.request_id)
+        instance = self.pool.instance_of.get(request.request_id)
         if instance is None:  # a new request (not a streaming-input continuation)
             instance = self.pool.choose_instance(request)
-            self.owner[request.request_id] = instance
+            self.pool.assign(request.request_id, instance)
             self.num_dispatched[instance] += 1
         self.instances[instance].add_request(request)
 
@@ -110,25 +109,19 @@ class ESPScheduler(SchedulerInterface):
             ids = (request_ids,) if isinstance(request_ids, str) else request_ids
             by_instance: dict[int, list[str] | None] = {}
             for rid in ids:
-                if (i := self.owner.get(rid)) is not None:
+                if (i := self.pool.instance_of.get(rid)) is not None:
                     by_instance.setdefault(i, []).append(rid)
         finished: list[Request] = []
         for i, rids in by_instance.items():
             finished += self.instances[i].finish_requests(rids, finished_status)
         for r in finished:
-            self._forget(r.request_id)
+            self.pool.forget(r.request_id)
         return finished
-
-    def _forget(self, request_id: str) -> None:
-        self.owner.pop(request_id, None)
-        self.pool.forget(request_id)
 
     # ---- the step --------------------------------------------------------------------
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
         outs = [s.schedule(throttle_prefills) for s in self.instances]
         for i, out in enumerate(outs):
-            for rid in out.num_scheduled_tokens:
-                self.pool.record(rid, i)
             if out.preempted_req_ids:
                 self.num_preemptions[i] += len(out.preempted_req_ids)
         merged = merge_scheduler_outputs(outs)
@@ -159,7 +152,7 @@ class ESPScheduler(SchedulerInterface):
         for eco in merged.values():
             for o in eco.outputs:
                 if o.finish_reason is not None:
-                    self._forget(o.request_id)
+                    self.pool.forget(o.request_id)
         if self.log_stats:
             eco = next(iter(merged.values()), None)
             if eco is None:

@@ -9,6 +9,7 @@ lazily and closed after their run, so a single selected test starts only the eng
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from vllm import SamplingParams
@@ -139,3 +140,19 @@ def test_esp_communicator_ring_links_all_instances(golden, instances):
     _, got = golden("llama", instances)
     # worker of instance i receives its predecessor's id followed by the payload
     assert got["ring"] == [[float((i - 1) % instances), 0.0, 1.0] for i in range(instances)]
+
+
+def test_no_engine_processes_left_after_shutdown(golden):
+    """Deleting an ESP engine stops every instance's workers (no orphans)."""
+    import psutil
+
+    golden("llama", 2)  # runs (and closes) an ESP engine if not done yet
+    deadline = time.monotonic() + 30
+    while True:
+        left = [p for p in psutil.Process().children(recursive=True)
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                and "VLLM::" in p.name() + " ".join(p.cmdline())]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert left == []

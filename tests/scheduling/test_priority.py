@@ -124,3 +124,38 @@ def test_time_model_from_planner_profile(tmp_path):
     assert tm.prefill_s_per_token == pytest.approx(1e-4)
     assert tm.decode_s_per_token == pytest.approx(0.02 / 4 + 1e-3)
     assert tm.decode_s_per_context_token == pytest.approx(1e-6)
+
+
+def test_preemption_only_when_the_saved_wait_exceeds_its_cost():
+    # 1 token = 10 ms of decode, no context term; one step of resume overhead (10 ms)
+    e = est(policy="alise", preempt_ratio=4.0, max_wait_s=1e9, decode_s_per_token=0.01,
+            prefill_s_per_token=0.0, decode_s_per_context_token=0.0)
+    victim = job("long", 1000, waiting=False, computed=10)  # 10 s left
+    short = job("short", 5)  # 0.05 s of work
+    assert e.preempt_overhead() == pytest.approx(0.01)
+    # a slot frees in 2 s: saving 2 s of wait for 0.05 + 0.01 s of delay to the victim
+    assert e.preemption_gain(victim, short, slot_wait=2.0, restore_s=0.0) == pytest.approx(1.94)
+    assert e.worth_preempting(victim, short, slot_wait=2.0, restore_s=0.0)
+    # a slot frees almost at once: waiting is cheaper than taking the victim's slot
+    assert not e.worth_preempting(victim, short, slot_wait=0.05, restore_s=0.0)
+    # an expensive restore (recomputing a long context) outweighs the saved wait
+    assert not e.worth_preempting(victim, short, slot_wait=2.0, restore_s=3.0)
+    # the ratio guard still applies: a mid-length job is not much shorter than the victim
+    mid = job("mid", 400)
+    assert e.preemption_gain(victim, mid, slot_wait=10.0, restore_s=0.0) > 0
+    assert not e.worth_preempting(victim, mid, slot_wait=10.0, restore_s=0.0)
+    # the saved wait is capped by the victim's own remainder (its slot frees then anyway)
+    small_victim = job("v", 100, waiting=False, computed=10)  # 1 s left
+    assert e.preemption_gain(small_victim, short, slot_wait=5.0, restore_s=0.0) == \
+        pytest.approx(1.0 - 0.05 - 0.01)
+
+
+def test_preempt_overhead_configurable_and_validated():
+    e = est(policy="alise", preempt_overhead_s=0.5, max_wait_s=1e9, decode_s_per_token=0.01,
+            prefill_s_per_token=0.0, decode_s_per_context_token=0.0)
+    victim = job("long", 1000, waiting=False, computed=10)
+    short = job("short", 5)
+    assert not e.worth_preempting(victim, short, slot_wait=0.5, restore_s=0.0)
+    assert e.worth_preempting(victim, short, slot_wait=0.6, restore_s=0.0)
+    with pytest.raises(ValueError):
+        SchedulingConfig(preempt_overhead_s=-1.0)

@@ -39,7 +39,13 @@ class SchedulingConfig:
     # total estimate. Anti-thrashing: a request that (re)started less than min_run_steps steps
     # ago, or was preempted max_preemptions times, is never chosen; at most
     # max_preemptions_per_step per step.
+    # Cost-benefit rule on top of the ratio: the waiting candidate would otherwise wait
+    # ``slot_wait`` (the shortest remaining time among the running jobs) for a slot; taking the
+    # victim's slot saves that wait but delays the victim by the candidate's run time plus the
+    # cost of putting the victim back (swap in/out or recompute, from the cost model) plus
+    # ``preempt_overhead_s`` (None = one decode step). Preempt only if the saving is larger.
     preempt_ratio: float = 4.0
+    preempt_overhead_s: float | None = None
     min_run_steps: int = 8
     max_preemptions: int = 3
     max_preemptions_per_step: int = 1
@@ -71,6 +77,8 @@ class SchedulingConfig:
                 raise ValueError(f"esp.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_wait_s is not None and self.max_wait_s <= 0:
             raise ValueError(f"esp.max_wait_s must be > 0, got {self.max_wait_s}")
+        if self.preempt_overhead_s is not None and self.preempt_overhead_s < 0:
+            raise ValueError(f"esp.preempt_overhead_s must be >= 0, got {self.preempt_overhead_s}")
         if self.preempt_ratio < 1:
             raise ValueError(f"esp.preempt_ratio must be >= 1, got {self.preempt_ratio}")
         if self.host_bandwidth_gbs <= 0:

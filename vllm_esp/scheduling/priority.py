@@ -154,3 +154,31 @@ class PriorityEstimator:
         """Is the waiting ``candidate`` much shorter than the running ``victim``'s remainder?"""
         cand = self.remaining_time(candidate)
         return math.isfinite(cand) and self.remaining_time(victim) > self.cfg.preempt_ratio * cand
+
+    def preempt_overhead(self) -> float:
+        if self.cfg.preempt_overhead_s is not None:
+            return self.cfg.preempt_overhead_s
+        return self.time_model.decode(1, 0)  # about one extra engine step to resume
+
+    def preemption_gain(self, victim: JobState, candidate: JobState, slot_wait: float,
+                        restore_s: float) -> float:
+        """Estimated change of the summed latency if ``candidate`` takes ``victim``'s slot now.
+
+        Without preemption the candidate starts when the first running job ends (``slot_wait``
+        from now). With it, the candidate saves that wait, and the victim is delayed by the
+        candidate's remaining time (it used the victim's slot), by ``restore_s`` (swapping its
+        KV out and back, or recomputing it) and by the resume overhead. Positive = worth it.
+        (Exchange argument: on one slot, running C before V changes the sum by the difference
+        of their times; across slots C only gains what it would have waited.)
+        """
+        cand = self.remaining_time(candidate)
+        if not math.isfinite(cand) or not math.isfinite(slot_wait):
+            return -math.inf
+        saved = min(slot_wait, self.remaining_time(victim))
+        return saved - cand - restore_s - self.preempt_overhead()
+
+    def worth_preempting(self, victim: JobState, candidate: JobState, slot_wait: float,
+                         restore_s: float) -> bool:
+        """Both the ratio guard (much shorter) and a positive estimated gain."""
+        return self.should_preempt(victim, candidate) and self.preemption_gain(
+            victim, candidate, slot_wait, restore_s) > 0.0

@@ -142,3 +142,36 @@ def test_rank_correlation_and_tracker():
     assert snap["count"] == 4 and snap["mae"] == pytest.approx((2 + 10 + 10) / 3)
     assert snap["spearman"] == pytest.approx(1.0)
     assert t.export_prometheus({"predictor": "test"}) in (True, False)
+
+
+def test_retrieval_predict_many_batches_and_caches_encoder_calls():
+    from vllm_esp.predictor.encoder import HashingEncoder
+    from vllm_esp.predictor.retrieval import RetrievalPredictor
+
+    class CountingEncoder(HashingEncoder):
+        calls, texts = 0, 0
+
+        def encode(self, texts):
+            CountingEncoder.calls += 1
+            CountingEncoder.texts += len(texts)
+            return super().encode(texts)
+
+    enc = CountingEncoder()
+    p = RetrievalPredictor(encoder=enc, min_similarity=0.5)
+    for t, n in (("what colour is the sea", 5), ("write a long essay on rome", 300)):
+        p.observe(PredictRequest([1], prompt_text=t), n)
+    calls = enc.calls
+    reqs = [PredictRequest([1], prompt_text=t) for t in
+            ("what colour is the sea", "write a long essay on rome", "what colour is the sea",
+             "write a long essay on tea")]
+    batched = p.predict_many(reqs)
+    assert enc.calls == calls + 1  # one encoder call for the batch, repeated text encoded once
+    single = RetrievalPredictor(encoder=HashingEncoder(), min_similarity=0.5)
+    for t, n in (("what colour is the sea", 5), ("write a long essay on rome", 300)):
+        single.observe(PredictRequest([1], prompt_text=t), n)
+    assert batched == pytest.approx(
+        [single.predict(PredictRequest([1], prompt_text=r.prompt_text)) for r in reqs])
+    assert batched[0] < 20 and batched[1] > 200
+    texts = enc.texts
+    p.predict_many([PredictRequest([1], prompt_text="what colour is the sea")])
+    assert enc.texts == texts  # cached embedding, no new encoder work

@@ -84,6 +84,10 @@ class LengthPredictor(ABC):
     def predict(self, req: PredictRequest) -> float:
         """Expected total number of output tokens for a new request."""
 
+    def predict_many(self, reqs: Sequence[PredictRequest]) -> list[float]:
+        """``predict`` for several requests; predictors with a batched model override it."""
+        return [self.predict(r) for r in reqs]
+
     def observe(self, req: PredictRequest, output_len: int) -> None:
         """Learn from a finished request. The default only records the length distribution."""
         self.history.add(int(output_len))

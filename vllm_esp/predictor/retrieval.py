@@ -60,6 +60,7 @@ class RetrievalPredictor(LengthPredictor):
         mlp_min_samples: int = 32,
         default: float = 128.0,
         trace_file: str | None = None,
+        cache_size: int = 4096,
     ):
         super().__init__()
         if k < 1 or not -1.0 <= min_similarity <= 1.0 or temperature <= 0 or max_index < 1:
@@ -76,6 +77,9 @@ class RetrievalPredictor(LengthPredictor):
         self._writes = 0
         self.mlp = OnlineMLP(self.encoder.dim)
         self.fallback_used = 0  # how many predictions came from the fallback (a diagnostic)
+        self.cache_size = max(int(cache_size), 0)
+        self._cache: dict[str, np.ndarray] = {}  # prompt text -> embedding (insertion order)
+        self.encoded = 0  # texts actually run through the encoder (a diagnostic)
         if trace_file:
             self.preload(load_trace(trace_file))
 
@@ -88,9 +92,39 @@ class RetrievalPredictor(LengthPredictor):
     def embed(self, req: PredictRequest) -> np.ndarray:
         emb = req.memo.get("embedding")
         if emb is None:
-            emb = self.encoder.encode([self._text(req)])[0]
-            req.memo["embedding"] = emb
+            self.embed_many([req])
+            emb = req.memo["embedding"]
         return emb
+
+    def embed_many(self, reqs) -> None:
+        """Embed every request not embedded yet, in one encoder call (a batch of prompts costs
+        a fraction of one call per prompt); identical prompt texts are encoded once and kept
+        in a bounded cache (templated traffic repeats prompts)."""
+        todo: dict[str, list[PredictRequest]] = {}
+        for req in reqs:
+            if "embedding" in req.memo:
+                continue
+            text = self._text(req)
+            cached = self._cache.get(text)
+            if cached is not None:
+                req.memo["embedding"] = cached
+            else:
+                todo.setdefault(text, []).append(req)
+        if not todo:
+            return
+        texts = list(todo)
+        for text, emb in zip(texts, self.encoder.encode(texts)):
+            if self.cache_size:
+                if len(self._cache) >= self.cache_size:
+                    self._cache.pop(next(iter(self._cache)))  # oldest first
+                self._cache[text] = emb
+            for req in todo[text]:
+                req.memo["embedding"] = emb
+        self.encoded += len(texts)
+
+    def predict_many(self, reqs) -> list[float]:
+        self.embed_many(reqs)
+        return [self.predict(r) for r in reqs]
 
     def _add(self, emb: np.ndarray, length: int) -> None:
         if self._n < self.max_index:

@@ -46,10 +46,14 @@ _LEARN_FROM = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH_CAP
 class AliseScheduler(Scheduler):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Wall clock of waits, aging and latencies (same base as Request.arrival_time). A
+        # benchmark may replace it with a simulated clock to remove CPU contention from the
+        # comparison of policies.
+        self.clock = time.time
         self.jobs: dict[str, JobState] = {}
         self.esp_stats: Counter = Counter()
         self._tokenizer = None
-        self._now = time.time()
+        self._now = self.clock()
         self._last_metrics = 0.0
         self._length_preempting = False
         group = self.kv_cache_config.kv_cache_groups[0]
@@ -61,6 +65,9 @@ class AliseScheduler(Scheduler):
         self._predict_pool: ThreadPoolExecutor | None = None
         self._pending_predictions: dict[str, Future] = {}
         self._predictor_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._predict_queue: list[tuple[PredictRequest, Future]] = []
+        self._predict_worker_busy = False
         self.reconfigure(SchedulingConfig.from_additional_config(
             self.vllm_config.additional_config))
 
@@ -119,11 +126,16 @@ class AliseScheduler(Scheduler):
             )
             if getattr(self.predictor, "is_slow", False):
                 predicted = self.predictor.history.mean() or 128.0  # provisional
-                self._pending_predictions[request.request_id] = self._predict_pool.submit(
-                    self._predict, preq)
+                future: Future = Future()
+                self._pending_predictions[request.request_id] = future
+                with self._queue_lock:
+                    self._predict_queue.append((preq, future))
+                    if not self._predict_worker_busy:
+                        self._predict_worker_busy = True
+                        self._predict_pool.submit(self._predict_worker)
             else:
                 predicted = self._predict(preq)
-            now = time.time()
+            now = self.clock()
             self.jobs[request.request_id] = JobState(
                 req_id=request.request_id, arrival=request.arrival_time,
                 prompt_len=request.num_prompt_tokens, predicted_len=predicted,
@@ -137,6 +149,31 @@ class AliseScheduler(Scheduler):
         except ValueError as e:  # a malformed client hint must not kill the engine
             logger.warning("length prediction failed (%s); using the mean length", e)
             return self.predictor.history.mean() or 128.0
+
+    def _predict_worker(self) -> None:
+        """Background thread: predict every queued request, in batches (one encoder call for
+        all that arrived since the last one), until the queue is empty."""
+        while True:
+            with self._queue_lock:
+                batch, self._predict_queue = self._predict_queue, []
+                if not batch:
+                    self._predict_worker_busy = False
+                    return
+            preqs = [p for p, _ in batch]
+            try:
+                with self._predictor_lock:
+                    values = self.predictor.predict_many(preqs)
+            except Exception as e:  # a bad request must not leave the others unresolved
+                logger.warning("batched length prediction failed (%s); one by one", e)
+                values = []
+                for p in preqs:
+                    try:
+                        values.append(self._predict(p))
+                    except Exception as e2:  # never leave a future unresolved
+                        logger.warning("length prediction failed (%s); using the mean", e2)
+                        values.append(self.predictor.history.mean() or 128.0)
+            for (_, future), value in zip(batch, values):
+                future.set_result(value)
 
     def _collect_predictions(self) -> None:
         for req_id in [r for r, f in self._pending_predictions.items() if f.done()]:
@@ -156,7 +193,7 @@ class AliseScheduler(Scheduler):
                 self.prediction_error.record(job.predicted_len, out)
                 with self._predictor_lock:
                     self.predictor.observe(job.predict_req, out)
-                self.estimator.record_latency(time.time() - request.arrival_time)
+                self.estimator.record_latency(self.clock() - request.arrival_time)
             self._release_swap(job)
         return super()._free_request(request, delay_free_blocks)
 
@@ -168,7 +205,7 @@ class AliseScheduler(Scheduler):
             job.swapped_tokens = self.connector.swapped_tokens(job.req_id)
 
     def schedule(self, *args, **kwargs):
-        self._now = now = time.time()
+        self._now = now = self.clock()
         if self._pending_predictions:
             self._collect_predictions()
         for req_id, job in self.jobs.items():
@@ -219,7 +256,13 @@ class AliseScheduler(Scheduler):
                 return
             victim = max(candidates,
                          key=lambda r: self.estimator.remaining_time(self.jobs[r.request_id]))
-            if not self.estimator.should_preempt(self.jobs[victim.request_id], hjob):
+            # Without preemption the head starts when the first running job ends.
+            slot_wait = min(self.estimator.remaining_time(self.jobs[r.request_id])
+                            for r in self.running if r.request_id in self.jobs)
+            _, restore_s = self._restore_plan(victim)
+            if not self.estimator.worth_preempting(self.jobs[victim.request_id], hjob,
+                                                   slot_wait, restore_s):
+                self.esp_stats["preempt_declined"] += 1
                 return
             self.running.remove(victim)
             self._length_preempting = True
@@ -236,19 +279,29 @@ class AliseScheduler(Scheduler):
             return raw // 3  # int8 + fp32 scale per head_dim values, vs fp16/fp32 source
         return raw
 
-    def _choose_swap(self, request: Request) -> bool:
+    def _restore_plan(self, request: Request, count: bool = False) -> tuple[bool, float]:
+        """(swap?, estimated seconds to bring the KV back) for preempting ``request`` now.
+
+        Swap if it is allowed, fits the host budget and (``auto``) costs less than recomputing
+        the computed tokens; the cost is of the chosen way.
+        """
         cfg = self.esp
         tokens = request.num_computed_tokens
+        recompute_s = self.estimator.recompute_time(tokens)
         if cfg.swap == "off" or tokens <= 0 or not isinstance(self.connector, SwapConnector):
-            return False
+            return False, recompute_s
         nbytes = self._swap_bytes_for(tokens)
         if self._swap_bytes + nbytes > cfg.swap_space_gib * 2**30:
-            self.esp_stats["swap_refused_full"] += 1
-            return False
-        if cfg.swap == "always":
-            return True
+            if count:
+                self.esp_stats["swap_refused_full"] += 1
+            return False, recompute_s
         swap_s = 2 * nbytes / (cfg.host_bandwidth_gbs * 1e9)  # out and back in
-        return swap_s < self.estimator.recompute_time(tokens)
+        if cfg.swap == "always" or swap_s < recompute_s:
+            return True, swap_s
+        return False, recompute_s
+
+    def _choose_swap(self, request: Request) -> bool:
+        return self._restore_plan(request, count=True)[0]
 
     def _preempt_request(self, request: Request, timestamp: float,
                          drop_stale_output: bool = False) -> None:
@@ -266,7 +319,7 @@ class AliseScheduler(Scheduler):
         super()._preempt_request(request, timestamp, drop_stale_output)
         self.esp_stats["preempt_length" if self._length_preempting else "preempt_memory"] += 1
         if job is not None:
-            job.waiting, job.wait_since = True, time.time()
+            job.waiting, job.wait_since = True, self.clock()
             job.preemptions += 1
             job.computed = 0
 

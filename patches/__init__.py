@@ -22,6 +22,8 @@ PATCH_MODULES = (
     "vllm_esp_patches.scheduler_stats_field",
     # `vllm serve ... --executor esp --esp-instances N`: flags folded into EngineArgs fields.
     "vllm_esp_patches.cli_args",
+    # ESP pools KV over instances: max_model_len may exceed one instance's pool.
+    "vllm_esp_patches.pooled_capacity",
 )
 
 

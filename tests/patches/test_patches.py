@@ -165,3 +165,22 @@ def test_policy_flags_map_to_the_length_aware_scheduler():
     assert kw["additional_config"]["esp"] == {"policy": "sjf", "predictor": "oracle"}
     with pytest.raises(ValueError, match="unknown ESP option"):
         apply_to_kwargs({"executor": "esp", "additional_config": {"esp": {"instnces": 2}}})
+
+
+def test_pooled_capacity_counts_every_instance_pool_only_when_set():
+    from vllm.v1.core import kv_cache_utils
+
+    from vllm_esp_patches import apply_all, pooled_capacity
+
+    apply_all()
+    check = kv_cache_utils._check_enough_kv_cache_memory
+    need = lambda: 300  # noqa: E731
+    with pytest.raises(ValueError, match="max seq len"):
+        check(200, need, 3072, lambda am: 0)  # stock: one pool of 200 bytes < 300
+    pooled_capacity.set_pool_count(2)
+    try:
+        check(200, need, 3072, lambda am: 0)  # ESP: two pools of 200 bytes hold it
+    finally:
+        pooled_capacity.set_pool_count(1)
+    with pytest.raises(ValueError, match="max seq len"):
+        check(200, need, 3072, lambda am: 0)

@@ -36,6 +36,8 @@ from vllm_esp.integration.outputs import (
 logger = init_logger(__name__)
 
 WORKER_EXTENSION = "vllm_esp.integration.worker.ESPWorkerExtension"
+# CPU worker whose runner / attention backend serve requests spanning instances
+ESP_CPU_WORKER = "vllm_esp.integration.esp_worker.ESPCPUWorker"
 
 
 class ESPExecutor(Executor):
@@ -53,6 +55,11 @@ class ESPExecutor(Executor):
         if sched.scheduler_cls in (None, "vllm.v1.core.sched.scheduler.Scheduler"):
             # EngineCore builds the scheduler after the executor: make the default ours.
             sched.scheduler_cls = SCHEDULER_QUALNAME
+        if self.esp.instances > 1:
+            # ESP capacity is the sum of the pools: max_model_len may exceed one pool.
+            from vllm_esp_patches import pooled_capacity
+
+            pooled_capacity.set_pool_count(self.esp.instances)
         super().__init__(vllm_config)
 
     # ---- start-up -------------------------------------------------------------------
@@ -76,6 +83,8 @@ class ESPExecutor(Executor):
         config = copy.deepcopy(self.vllm_config)
         config.parallel_config.distributed_executor_backend = "mp"
         config.parallel_config.worker_extension_cls = WORKER_EXTENSION
+        if _on_cpu() and self.esp.instances > 1:
+            config.parallel_config.worker_cls = ESP_CPU_WORKER
         if _on_cpu() and config.cache_config.kv_cache_memory_bytes is None \
                 and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             gib = float(envs.VLLM_ESP_DEFAULT_CPU_KVCACHE_GIB)
@@ -173,6 +182,10 @@ class ESPExecutor(Executor):
         return [min(column) for column in zip(*per_instance)]
 
     def initialize_from_config(self, kv_cache_configs) -> None:
+        if self.esp.instances > 1:  # the pools are sized: back to the stock capacity check
+            from vllm_esp_patches import pooled_capacity
+
+            pooled_capacity.set_pool_count(1)
         # Every instance gets the same per-rank configs: one pool of that size per instance.
         _in_parallel([lambda i=i: i.initialize_from_config(copy.deepcopy(kv_cache_configs))
                       for i in self.instances])

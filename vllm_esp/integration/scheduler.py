@@ -27,6 +27,8 @@ from vllm.v1.request import Request, RequestStatus
 from vllm_esp import envs
 from vllm_esp.config import ESPConfig
 from vllm_esp.integration.kv_pool import DistributedKVPool
+from vllm_esp.integration.span_plan import PLAN_ATTR
+from vllm_esp.integration.spanning import SpanManager
 from vllm_esp.integration.outputs import (
     ESPModelRunnerOutput,
     ESPSchedulerOutput,
@@ -84,6 +86,8 @@ class ESPScheduler(SchedulerInterface):
             for _ in range(self.esp.instances)
         ]
         self.pool = DistributedKVPool(self.instances, block_size)
+        # requests larger than one instance's pool: contiguous chunks over instances
+        self.spans = SpanManager(self.instances, self.pool, block_size)
         self.num_preemptions = [0] * self.esp.instances  # cumulative, per instance
         self.num_dispatched = [0] * self.esp.instances  # requests sent to each instance
         self.connector = None  # KV connectors are refused at start-up
@@ -95,6 +99,11 @@ class ESPScheduler(SchedulerInterface):
     # ---- requests in and out ----------------------------------------------------------
     def add_request(self, request: Request) -> None:
         instance = self.pool.instance_of.get(request.request_id)
+        if instance is None and self.esp.instances > 1 and self.spans.needs_span(request):
+            instance = self.spans.add(request)
+            self.pool.assign(request.request_id, instance)
+            self.num_dispatched[instance] += 1
+            return
         if instance is None:  # a new request (not a streaming-input continuation)
             instance = self.pool.choose_instance(request)
             self.pool.assign(request.request_id, instance)
@@ -108,10 +117,15 @@ class ESPScheduler(SchedulerInterface):
         else:
             ids = (request_ids,) if isinstance(request_ids, str) else request_ids
             by_instance: dict[int, list[str] | None] = {}
+            spanning = [rid for rid in ids if self.spans.is_spanning(rid)]
+            ids = [rid for rid in ids if rid not in spanning]
+            finished_spans = [r for rid in spanning for r in self.spans.abort(rid, finished_status)]
+            for r in finished_spans:
+                self.pool.forget(r.request_id)
             for rid in ids:
                 if (i := self.pool.instance_of.get(rid)) is not None:
                     by_instance.setdefault(i, []).append(rid)
-        finished: list[Request] = []
+        finished: list[Request] = [] if request_ids is None else finished_spans
         for i, rids in by_instance.items():
             finished += self.instances[i].finish_requests(rids, finished_status)
         for r in finished:
@@ -124,6 +138,9 @@ class ESPScheduler(SchedulerInterface):
         for i, out in enumerate(outs):
             if out.preempted_req_ids:
                 self.num_preemptions[i] += len(out.preempted_req_ids)
+        plan = self.spans.build_plan(outs) if self.spans.spans else None
+        for out in outs:
+            setattr(out, PLAN_ATTR, plan)  # read by the ESP model runner of every instance
         merged = merge_scheduler_outputs(outs)
         if envs.VLLM_ESP_DEBUG_PLAN:
             logger.info("ESP step %d plan: %s", self._step, [
@@ -148,11 +165,15 @@ class ESPScheduler(SchedulerInterface):
                 if eco.scheduler_stats is not None:
                     stats.append(eco.scheduler_stats)
                     eco.scheduler_stats = None
+                if self.spans.spans:
+                    self.spans.filter_outputs(eco)
                 _merge_engine_core_outputs(merged, client, eco)
         for eco in merged.values():
             for o in eco.outputs:
                 if o.finish_reason is not None:
                     self.pool.forget(o.request_id)
+                    self.spans.release(o.request_id)
+        self.spans.advance()
         if self.log_stats:
             eco = next(iter(merged.values()), None)
             if eco is None:

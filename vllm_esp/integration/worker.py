@@ -29,6 +29,10 @@ class ESPWorkerExtension:
             group_name=f"vllm_esp_tp{tp_rank}",
         )
         self.esp_rank, self.esp_world = instance, num_instances
+        from vllm_esp.comm.communicator import ESPCommunicator
+        from vllm_esp.integration import span_attention
+
+        span_attention.set_communicator(ESPCommunicator(self.esp_group, instance), instance)
 
     def esp_ring_shift(self, values: list[float]) -> list[float]:
         """Send ``[own instance id] + values`` to the next instance; return what arrived.
@@ -52,3 +56,10 @@ class ESPWorkerExtension:
         """Blocks in this worker's paged KV cache (first layer), for pool checks in tests."""
         caches = self.model_runner.kv_caches
         return int(caches[0].shape[0]) if caches else 0
+
+    def esp_comm_bytes(self) -> dict[str, int]:
+        """Bytes this worker sent over the ESP communicator, per op (span attention etc.)."""
+        from vllm_esp.integration import span_attention
+
+        comm = span_attention._comm
+        return dict(comm[0].bytes_by_op) if comm is not None else {}

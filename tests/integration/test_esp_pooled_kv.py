@@ -1,0 +1,127 @@
+"""Pooled KV: a request larger than one instance's KV pool, served over two instances.
+
+ESP with 2 instances of C = 15 usable blocks (1920 tokens) each serves a 2880-token prompt
+(1.5 C) + 16 greedy tokens with stock vLLM's tokens (stock with one pool of 31 blocks is the
+reference; stock with pool C refuses to start at that max_model_len). The request's KV is held
+by both instances (contiguous chunks, no replication) and the chunks' holders exchange
+per-layer partial attention over the ESP communicator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import pytest
+from vllm import SamplingParams
+from vllm.inputs import TokensPrompt
+
+from vllm_esp.testing.engines import MiB, close_engine, make_engine
+
+POOL = 2 * MiB  # per instance: 16 blocks of 128 tokens (1 KiB per token), 15 usable
+MAX_LEN = 3072  # > one pool, <= the sum of two
+PROMPT = 2880
+NEW = 16
+BLOCK = 128
+
+
+def _prompt():
+    rng = random.Random(5)
+    return TokensPrompt(prompt_token_ids=[rng.randrange(8, 512) for _ in range(PROMPT)])
+
+
+def _params():
+    return SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True, logprobs=1)
+
+
+@contextlib.contextmanager
+def _in_process():
+    """EngineCore in this process: its scheduler is inspectable, its errors surface here."""
+    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
+
+
+@pytest.fixture(scope="module")
+def pooled_run(tiny_models):
+    with _in_process():
+        llm = make_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=POOL,
+                          max_model_len=MAX_LEN)
+    try:
+        sched = llm.llm_engine.engine_core.engine_core.scheduler
+        usage: list[list[int]] = []
+        update = sched.update_from_output
+
+        def recording_update(so, out):
+            result = update(so, out)
+            usage.append([u.used_blocks for u in sched.pool.usages()])
+            return result
+
+        sched.update_from_output = recording_update
+        outs = llm.generate([_prompt()], _params(), use_tqdm=False)
+        run = {"outs": outs, "usage": usage, "stats": sched.esp_stats(),
+               "total": [sched.pool.total_blocks(i) for i in range(2)],
+               "spanning": sched.spans.num_spanning, "open_spans": dict(sched.spans.spans),
+               "bytes": llm.collective_rpc("esp_comm_bytes")}
+    finally:
+        close_engine(llm)
+    ref = make_engine(tiny_models["llama"], None, kv_cache_memory_bytes=2 * POOL,
+                      max_model_len=MAX_LEN)
+    try:
+        run["ref"] = ref.generate([_prompt()], _params(), use_tqdm=False)
+    finally:
+        close_engine(ref)
+    return run
+
+
+def test_prompt_is_larger_than_one_instance_pool(pooled_run):
+    assert all(t * BLOCK < PROMPT for t in pooled_run["total"])
+    assert PROMPT + NEW <= sum(pooled_run["total"]) * BLOCK
+    assert pooled_run["spanning"] == 1
+
+
+def test_greedy_tokens_match_stock_with_one_big_pool(pooled_run):
+    ref, got = pooled_run["ref"][0].outputs[0], pooled_run["outs"][0].outputs[0]
+    assert list(got.token_ids) == list(ref.token_ids)
+    assert len(got.token_ids) == NEW
+    for pos, (rl, gl) in enumerate(zip(ref.logprobs, got.logprobs)):
+        tok = ref.token_ids[pos]
+        assert gl[tok].logprob == pytest.approx(rl[tok].logprob, abs=1e-4)
+
+
+def test_kv_spread_over_both_instances_without_replication(pooled_run):
+    usage = pooled_run["usage"]
+    both = [u for u in usage if all(x > 0 for x in u)]
+    assert both, f"no step with the request's KV on both instances: {usage}"
+    need = -(-(PROMPT + NEW) // BLOCK)
+    # a token's KV lives on exactly one instance: one partial block per instance at most
+    assert need <= max(sum(u) for u in usage) <= need + 1
+    # the last decode step still had both instances holding the request
+    assert all(x > 0 for x in usage[-2])
+
+
+def test_pools_all_free_and_spans_released_after_the_run(pooled_run):
+    assert pooled_run["stats"]["kv_used_blocks"] == [0, 0]
+    assert pooled_run["open_spans"] == {}
+
+
+def test_holders_exchanged_partial_attention(pooled_run):
+    sent = pooled_run["bytes"]  # one dict per worker (instance order)
+    assert all(b.get("span_query", 0) > 0 or b.get("span_partial", 0) > 0 for b in sent)
+    assert sum(b.get("span_query", 0) for b in sent) > 0
+    assert sum(b.get("span_partial", 0) for b in sent) > 0
+
+
+def test_stock_with_one_pool_of_that_size_refuses(pooled_run, tiny_models):
+    # in-process after the ESP engine: the pooled-capacity check must not leak into stock
+    with _in_process(), pytest.raises(ValueError, match="max seq len"):
+        llm = make_engine(tiny_models["llama"], None, kv_cache_memory_bytes=POOL,
+                          max_model_len=MAX_LEN)
+        close_engine(llm)

@@ -1,0 +1,107 @@
+"""ESP worker side: a CPU worker whose model runner and attention backend know the step's ESP
+plan (``worker_cls``; installed by the ESP executor when it runs more than one instance).
+
+Everything here touches private vLLM 0.32 internals (``CPUWorker.init_device`` building the
+runner, ``GPUModelRunner._prepare_inputs`` filling ``query_start_loc`` in ``input_batch``
+order, ``CPUAttentionBackendImpl.forward``, ``Attention.kv_cache``); they are kept in this one
+module and ``_check_internals`` fails loudly when vLLM moves them.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
+from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+from vllm.v1.worker.cpu_worker import CPUWorker
+
+from vllm_esp.integration import span_attention as sa
+from vllm_esp.integration.span_plan import PLAN_ATTR
+
+BACKEND_QUALNAME = "vllm_esp.integration.esp_worker.ESPCPUAttentionBackend"
+
+
+def _check_internals() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    for owner, name in ((GPUModelRunner, "_prepare_inputs"), (GPUModelRunner, "execute_model"),
+                        (CPUAttentionBackendImpl, "forward"), (CPUWorker, "init_device")):
+        if not callable(getattr(owner, name, None)):
+            raise RuntimeError(f"vLLM moved {owner.__name__}.{name}; ESP worker needs review")
+
+
+class ESPCPUAttentionImpl(CPUAttentionBackendImpl):
+    """Stock CPU attention, then span attention overwrites the rows of spanning requests."""
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
+                output_scale=None, output_block_scale=None):
+        out = super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                              output_scale, output_block_scale)
+        ctx = sa.current()
+        if ctx is None or attn_metadata is None:
+            return out
+        n = attn_metadata.num_actual_tokens
+        q = query[:n].view(n, self.num_heads, self.head_size)
+        o = output[:n].view(n, self.num_heads, self.head_size)
+        sa.span_layer(ctx, kv_cache, self.num_heads, self.head_size, self.scale,
+                      getattr(layer, "isa", None), query=q, output=o)
+        return out
+
+
+class ESPCPUAttentionBackend(CPUAttentionBackend):
+    @staticmethod
+    def get_impl_cls():
+        return ESPCPUAttentionImpl
+
+
+class ESPCPUModelRunner(CPUModelRunner):
+    """Sets the step's ESP context, records each request's rows, serves peers when idle."""
+
+    def execute_model(self, scheduler_output, intermediate_tensors=None):
+        ctx = sa.begin_step(getattr(scheduler_output, PLAN_ATTR, None))
+        try:
+            out = super().execute_model(scheduler_output, intermediate_tensors)
+            if ctx is not None and not scheduler_output.total_num_scheduled_tokens:
+                self._serve_without_forward(ctx)
+            return out
+        finally:
+            sa.end_step()
+
+    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
+        result = super()._prepare_inputs(scheduler_output, num_scheduled_tokens)
+        ctx = sa.current()
+        if ctx is not None:
+            qsl = self.query_start_loc.np
+            for i, rid in enumerate(self.input_batch.req_ids[: self.input_batch.num_reqs]):
+                ctx.rows[rid] = (int(qsl[i]), int(qsl[i + 1]))
+        return result
+
+    def _serve_without_forward(self, ctx) -> None:
+        """No tokens here this step, but peers need our chunks: walk the attention layers in
+        the order the askers' forwards visit them."""
+        from vllm.model_executor.models.utils import extract_layer_index
+
+        layers = self.vllm_config.compilation_config.static_forward_context
+        names = sorted((n for n, m in layers.items() if hasattr(m, "impl")),
+                       key=extract_layer_index)
+        with torch.no_grad():
+            for name in names:
+                m = layers[name]
+                kv = m.kv_cache[0] if isinstance(m.kv_cache, (list, tuple)) else m.kv_cache
+                sa.span_layer(ctx, kv, m.num_heads, m.head_size, m.impl.scale,
+                              getattr(m, "isa", None), dtype=self.dtype)
+
+
+class ESPCPUWorker(CPUWorker):
+    def __init__(self, *args, **kwargs):
+        from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+        _check_internals()
+        register_backend(AttentionBackendEnum.CPU_ATTN, BACKEND_QUALNAME)
+        super().__init__(*args, **kwargs)
+
+    def init_device(self):
+        super().init_device()
+        if type(self.model_runner) is not CPUModelRunner:
+            raise RuntimeError(f"ESP needs vLLM's V1 CPU model runner, got "
+                               f"{type(self.model_runner).__name__}")
+        self.model_runner.__class__ = ESPCPUModelRunner

@@ -1,0 +1,161 @@
+"""Attention for requests whose KV spans instances, one call per layer on every involved
+instance (worker side).
+
+The asking instance (the one computing a local view's tokens) holds a contiguous chunk of the
+request; the chunks before it live on peers. Per layer:
+
+1. the asker posts its query rows to every peer holding an earlier chunk; each peer posts
+   receives for the queries it serves (shapes from the plan);
+2. the asker computes its local part: causal attention over its own chunk, read back from the
+   paged cache after vLLM wrote this step's K/V (query ``i`` of ``n`` sees local keys
+   ``< local_len - n + i + 1``);
+3. each peer computes full (unmasked: every key precedes every query) attention of the
+   received queries over its chunk and sends back ``(out, lse)``;
+4. the asker merges its part with the peers' by log-sum-exp and overwrites its output rows.
+
+Bytes per layer per (request, peer): ``n·Hq·D`` query + ``n·Hq·D`` output + ``n·Hq`` LSE,
+independent of the chunk sizes. The same function runs inside the attention backend (an
+instance with a forward) and in a layer walk (an instance with nothing scheduled that only
+serves), so every instance enters every layer in the same order and gloo's FIFO matching per
+(peer, tag) pairs the messages.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from vllm_esp.integration.span_plan import ESPStepPlan
+from vllm_esp.ops.kv_cache import CpuPagedKV
+from vllm_esp.ops.merge import merge_partials
+from vllm_esp.ops.reference import masked_attention_with_lse
+
+QUERY_TAG = 20
+PARTIAL_TAG = 21
+
+
+@dataclass
+class StepContext:
+    """What one instance's runner knows about the ESP part of the current step."""
+
+    plan: ESPStepPlan
+    instance: int
+    comm: object  # ESPCommunicator over the cross-instance group of this TP rank
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # req id -> [start, end)
+
+
+_comm = None  # (communicator, instance id), set when the worker joins the ESP group
+_current: StepContext | None = None
+
+
+def set_communicator(comm, instance: int) -> None:
+    global _comm
+    _comm = (comm, instance)
+
+
+def begin_step(plan: ESPStepPlan | None) -> StepContext | None:
+    global _current
+    _current = None
+    if plan is None or _comm is None or not plan.involves(_comm[1]):
+        return None
+    _current = StepContext(plan, _comm[1], _comm[0])
+    return _current
+
+
+def end_step() -> None:
+    global _current
+    _current = None
+
+
+def current() -> StepContext | None:
+    return _current
+
+
+def _layout(kv_cache: torch.Tensor, head_dim: int, isa: str | None) -> CpuPagedKV:
+    return CpuPagedKV(kv_cache.shape[1], head_dim, kv_cache.shape[2], kv_cache.dtype, isa=isa)
+
+
+def _local_kv(layout: CpuPagedKV, kv_cache: torch.Tensor, block_ids: list[int], n: int):
+    ids = torch.tensor(block_ids[: -(-n // layout.block_size)], dtype=torch.int64)
+    k, v = layout.gather(kv_cache, ids)
+    return k[:n], v[:n]
+
+
+def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_dim: int,
+               scale: float, isa: str | None, query: torch.Tensor | None = None,
+               output: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> None:
+    """One layer of span attention on this instance (asker and/or server)."""
+    me, plan, comm = ctx.instance, ctx.plan, ctx.comm
+    asked = plan.asked_by(me)
+    served = plan.served_by(me)
+    layout = _layout(kv_cache, head_dim, isa)
+    if query is not None:
+        dtype = query.dtype
+
+    # 1. queries to the peers; buffers for the queries we serve
+    q_send: dict[int, list[torch.Tensor]] = defaultdict(list)
+    for s in asked:
+        a, b = ctx.rows[s.req_id]
+        for p in s.peers:
+            q_send[p.instance].append(query[a:b])
+    n_from: dict[int, int] = defaultdict(int)
+    for s, _ in served:
+        n_from[s.instance] += s.num_query_tokens
+    sends = {i: [torch.cat(ts)] for i, ts in q_send.items()}
+    recvs = {i: [torch.empty((n, num_heads, head_dim), dtype=dtype)] for i, n in n_from.items()}
+    pend_q = comm.exchange(sends, recvs, tag=QUERY_TAG, op="span_query") \
+        if (sends or recvs) else None
+
+    # 2. own local part (overlaps the transfer)
+    local = {}
+    for s in asked:
+        a, b = ctx.rows[s.req_id]
+        n, m = b - a, s.local_len
+        k, v = _local_kv(layout, kv_cache, s.local_block_ids, m)
+        mask = torch.arange(m).unsqueeze(0) <= (torch.arange(n) + (m - n)).unsqueeze(1)
+        local[s.req_id] = masked_attention_with_lse(query[a:b], k, v, mask, scale)
+
+    # 3. serve: attention of received queries over our earlier chunk, sent back
+    p_send: dict[int, list] = defaultdict(lambda: [[], []])
+    if pend_q is not None:
+        got = pend_q.wait()
+        offset: dict[int, int] = defaultdict(int)
+        for s, chunk in served:
+            q_in = got[s.instance][0]
+            o = offset[s.instance]
+            q_s = q_in[o:o + s.num_query_tokens]
+            offset[s.instance] += s.num_query_tokens
+            k, v = _local_kv(layout, kv_cache, chunk.block_ids, chunk.num_tokens)
+            mask = torch.ones(q_s.shape[0], chunk.num_tokens, dtype=torch.bool)
+            out_s, lse_s = masked_attention_with_lse(q_s, k, v, mask, scale)
+            p_send[s.instance][0].append(out_s)
+            p_send[s.instance][1].append(lse_s)
+    sends = {i: [torch.cat(o), torch.cat(l, dim=1)] for i, (o, l) in p_send.items()}
+    n_to: dict[int, int] = defaultdict(int)
+    for s in asked:
+        for p in s.peers:
+            n_to[p.instance] += s.num_query_tokens
+    recvs = {i: [torch.empty((n, num_heads, head_dim), dtype=dtype),
+                 torch.empty((num_heads, n), dtype=torch.float32)] for i, n in n_to.items()}
+    pend_p = comm.exchange(sends, recvs, tag=PARTIAL_TAG, op="span_partial") \
+        if (sends or recvs) else None
+
+    # 4. merge our part with the peers' and overwrite our rows
+    if not asked:
+        if pend_p is not None:
+            pend_p.wait()
+        return
+    got = pend_p.wait() if pend_p is not None else {}
+    offset = defaultdict(int)
+    for s in asked:
+        a, b = ctx.rows[s.req_id]
+        outs, lses = [local[s.req_id][0]], [local[s.req_id][1]]
+        for p in s.peers:
+            o = offset[p.instance]
+            outs.append(got[p.instance][0][o:o + (b - a)])
+            lses.append(got[p.instance][1][:, o:o + (b - a)])
+            offset[p.instance] += b - a
+        merged, _ = merge_partials(torch.stack(outs), torch.stack(lses))
+        output[a:b] = merged.to(output.dtype)

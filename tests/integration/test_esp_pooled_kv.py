@@ -70,6 +70,14 @@ def pooled_run(tiny_models):
                "total": [sched.pool.total_blocks(i) for i in range(2)],
                "spanning": sched.spans.num_spanning, "open_spans": dict(sched.spans.spans),
                "bytes": llm.collective_rpc("esp_comm_bytes")}
+        # two spanning requests at once do not fit together: the second waits for the first
+        run["pair"] = llm.generate([_prompt(), _prompt()], _params(), use_tqdm=False)
+        # decode tokens beyond one pool can never fit a single master: error, engine lives on
+        run["impossible"] = llm.generate(
+            [TokensPrompt(prompt_token_ids=[7] * 500)],
+            SamplingParams(temperature=0.0, max_tokens=2000, ignore_eos=True), use_tqdm=False)
+        run["after"] = llm.generate([_prompt()], _params(), use_tqdm=False)
+        run["final_stats"] = sched.esp_stats()
     finally:
         close_engine(llm)
     ref = make_engine(tiny_models["llama"], None, kv_cache_memory_bytes=2 * POOL,
@@ -125,3 +133,12 @@ def test_stock_with_one_pool_of_that_size_refuses(pooled_run, tiny_models):
         llm = make_engine(tiny_models["llama"], None, kv_cache_memory_bytes=POOL,
                           max_model_len=MAX_LEN)
         close_engine(llm)
+
+
+def test_spanning_requests_wait_for_room_and_impossible_ones_fail_alone(pooled_run):
+    ref = list(pooled_run["ref"][0].outputs[0].token_ids)
+    assert [list(o.outputs[0].token_ids) for o in pooled_run["pair"]] == [ref, ref]
+    bad = pooled_run["impossible"][0].outputs[0]
+    assert bad.finish_reason == "error" and len(bad.token_ids) == 0
+    assert list(pooled_run["after"][0].outputs[0].token_ids) == ref  # engine still serves
+    assert pooled_run["final_stats"]["kv_used_blocks"] == [0, 0]

@@ -20,7 +20,7 @@ from vllm.utils.import_utils import resolve_obj_by_qualname
 from vllm.v1.core.sched.interface import PauseState, SchedulerInterface
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.engine import EngineCoreOutputs
+from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
 from vllm.v1.metrics.stats import PrefixCacheStats, SchedulerStats
 from vllm.v1.request import Request, RequestStatus
 
@@ -88,6 +88,10 @@ class ESPScheduler(SchedulerInterface):
         self.pool = DistributedKVPool(self.instances, block_size)
         # requests larger than one instance's pool: contiguous chunks over instances
         self.spans = SpanManager(self.instances, self.pool, block_size)
+        # spanning requests waiting for free blocks (admitted in order as pools free up), and
+        # requests that cannot fit even in idle pools (finished with an error next step)
+        self.pending_spans: list[Request] = []
+        self.rejected: list[Request] = []
         self.num_preemptions = [0] * self.esp.instances  # cumulative, per instance
         self.num_dispatched = [0] * self.esp.instances  # requests sent to each instance
         self.connector = None  # KV connectors are refused at start-up
@@ -100,9 +104,14 @@ class ESPScheduler(SchedulerInterface):
     def add_request(self, request: Request) -> None:
         instance = self.pool.instance_of.get(request.request_id)
         if instance is None and self.esp.instances > 1 and self.spans.needs_span(request):
-            instance = self.spans.add(request)
-            self.pool.assign(request.request_id, instance)
-            self.num_dispatched[instance] += 1
+            if self._never_fits(request):
+                logger.error("request %s (%d tokens + %d new) cannot fit the ESP pools "
+                             "(%d instances); finishing it with an error", request.request_id,
+                             request.num_tokens, request.max_tokens, self.pool.num_instances)
+                self.rejected.append(request)
+            else:
+                self.pending_spans.append(request)
+                self._admit_spans()
             return
         if instance is None:  # a new request (not a streaming-input continuation)
             instance = self.pool.choose_instance(request)
@@ -110,22 +119,58 @@ class ESPScheduler(SchedulerInterface):
             self.num_dispatched[instance] += 1
         self.instances[instance].add_request(request)
 
+    def _never_fits(self, request: Request) -> bool:
+        """Even with every pool idle: the master must hold all decode tokens, and the whole
+        request must fit the sum of the pools."""
+        tokens = [self.pool.total_blocks(i) * self.pool.block_size
+                  for i in range(self.pool.num_instances)]
+        return (request.max_tokens >= max(tokens)
+                or request.num_tokens + request.max_tokens > sum(tokens))
+
+    def _admit_spans(self) -> None:
+        """Place waiting spanning requests, oldest first, while the pools have room."""
+        while self.pending_spans:
+            request = self.pending_spans[0]
+            try:
+                instance = self.spans.add(request)
+            except ValueError:  # not enough free blocks now: wait for requests to finish
+                return
+            self.pending_spans.pop(0)
+            self.pool.assign(request.request_id, instance)
+            self.num_dispatched[instance] += 1
+
+    def _take_unplaced(self, request_ids, status: RequestStatus) -> list[Request]:
+        """Finish requests the instances never saw (pending or rejected spans)."""
+        taken = []
+        for queue in (self.pending_spans, self.rejected):
+            keep = []
+            for r in queue:
+                if request_ids is None or r.request_id in request_ids:
+                    r.status = status
+                    taken.append(r)
+                else:
+                    keep.append(r)
+            queue[:] = keep
+        return taken
+
     def finish_requests(self, request_ids: str | Iterable[str] | None,
                         finished_status: RequestStatus) -> list[Request]:
         if request_ids is None:
-            by_instance = {i: None for i in range(len(self.instances))}
+            ids = None
         else:
-            ids = (request_ids,) if isinstance(request_ids, str) else request_ids
-            by_instance: dict[int, list[str] | None] = {}
-            spanning = [rid for rid in ids if self.spans.is_spanning(rid)]
-            ids = [rid for rid in ids if rid not in spanning]
-            finished_spans = [r for rid in spanning for r in self.spans.abort(rid, finished_status)]
-            for r in finished_spans:
-                self.pool.forget(r.request_id)
+            ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        span_ids = list(self.spans.spans) if ids is None else [
+            rid for rid in ids if self.spans.is_spanning(rid)]
+        # spans first: their shadow views are freed on every holder instance
+        finished = [r for rid in span_ids for r in self.spans.abort(rid, finished_status)]
+        finished += self._take_unplaced(None if ids is None else set(ids), finished_status)
+        if ids is None:
+            by_instance: dict[int, list[str] | None] = {i: None for i in range(len(self.instances))}
+        else:
+            by_instance = {}
             for rid in ids:
-                if (i := self.pool.instance_of.get(rid)) is not None:
+                if rid not in span_ids and (i := self.pool.instance_of.get(rid)) is not None:
                     by_instance.setdefault(i, []).append(rid)
-        finished: list[Request] = [] if request_ids is None else finished_spans
         for i, rids in by_instance.items():
             finished += self.instances[i].finish_requests(rids, finished_status)
         for r in finished:
@@ -134,6 +179,7 @@ class ESPScheduler(SchedulerInterface):
 
     # ---- the step --------------------------------------------------------------------
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        self._admit_spans()
         outs = [s.schedule(throttle_prefills) for s in self.instances]
         for i, out in enumerate(outs):
             if out.preempted_req_ids:
@@ -174,6 +220,12 @@ class ESPScheduler(SchedulerInterface):
                     self.pool.forget(o.request_id)
                     self.spans.release(o.request_id)
         self.spans.advance()
+        for request in self.rejected:
+            request.status = RequestStatus.FINISHED_ERROR
+            merged.setdefault(request.client_index, EngineCoreOutputs()).outputs.append(
+                EngineCoreOutput(request_id=request.request_id, new_token_ids=[],
+                                 finish_reason=request.get_finished_reason()))
+        self.rejected.clear()
         if self.log_stats:
             eco = next(iter(merged.values()), None)
             if eco is None:
@@ -189,17 +241,20 @@ class ESPScheduler(SchedulerInterface):
 
     # ---- state queries ---------------------------------------------------------------
     def get_num_unfinished_requests(self) -> int:
-        return sum(s.get_num_unfinished_requests() for s in self.instances)
+        unplaced = len(self.pending_spans) + len(self.rejected)
+        return unplaced + sum(s.get_num_unfinished_requests() for s in self.instances)
 
     def has_finished_requests(self) -> bool:
         return any(s.has_finished_requests() for s in self.instances)
 
     def has_requests(self) -> bool:
-        return any(s.has_requests() for s in self.instances)
+        return bool(self.pending_spans or self.rejected) or any(
+            s.has_requests() for s in self.instances)
 
     def get_request_counts(self) -> tuple[int, int]:
         counts = [s.get_request_counts() for s in self.instances]
-        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+        waiting = sum(c[1] for c in counts) + len(self.pending_spans) + len(self.rejected)
+        return sum(c[0] for c in counts), waiting
 
     def get_kv_cache_usage(self) -> float:
         return self.pool.aggregate_usage()

@@ -6,8 +6,13 @@ the same Poisson arrivals replayed for every policy; the policy is switched betw
 request's *scheduled* arrival time. ``max_num_seqs`` is small so that, at the chosen load, FCFS
 queues build up behind the long jobs (head-of-line blocking) — the regime ALISE targets.
 
-    python benchmarks/bench_alise.py            # ~3-5 min on 2 cores; writes benchmarks/results/
-    python benchmarks/bench_alise.py --requests 40 --load 0.9
+The trace spans ``--duration`` seconds of arrivals (tens of seconds, so queues really build).
+The machine may be shared, so the phases are interleaved and repeated in mirrored order
+(A B C D, D C B A, A B C D, ...) and every metric is the median over the repeats; each phase
+reports its mean engine step time, so a phase that ran under CPU contention is visible.
+
+    python benchmarks/bench_alise.py            # ~6-8 min on 2 cores; writes benchmarks/results/
+    python benchmarks/bench_alise.py --duration 10 --repeats 2
 
 The learned predictors start warm: retrieval pre-loads a training trace file (same distribution,
 other seed) and the online predictor observes the same training samples.
@@ -50,7 +55,12 @@ def percentile(xs, q):
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def run_phase(engine, sched, trace, arrivals, cfg, warm, tokenizer):
+def run_phase(engine, sched, trace, arrivals, cfg, warm, tokenizer, step_s=None):
+    """Replay the arrivals under one policy. ``step_s`` None: wall clock. Else a simulated
+    clock: every engine step takes ``step_s`` seconds, arrivals are injected by that clock and
+    the scheduler's waits/aging use it too, so contention from other jobs on the machine cannot
+    change the comparison (the engine, scheduler, predictors and swaps all still run for real).
+    """
     from vllm import SamplingParams
 
     from vllm_esp.predictor import PredictRequest
@@ -61,27 +71,46 @@ def run_phase(engine, sched, trace, arrivals, cfg, warm, tokenizer):
         for row in warm:
             sched.predictor.observe(PredictRequest(tokenizer.encode(row["prompt"])),
                                     row["output_len"])
-    start = time.time() + 0.2
+    sim = [0.0]
+    if step_s is None:
+        start, clock = time.time() + 0.2, time.time
+    else:
+        start, clock = 0.0, (lambda: sim[0])
+    sched.clock = clock
     pending = list(range(len(trace)))
     first, done = {}, {}
-    while pending or engine.has_unfinished_requests():
-        now = time.time()
-        while pending and start + arrivals[pending[0]] <= now:
-            i = pending.pop(0)
-            row = trace[i]
-            params = SamplingParams(temperature=0.0, max_tokens=row["output_len"],
-                                    ignore_eos=True, extra_args={"output_len": row["output_len"]})
-            engine.add_request(str(i), row["prompt"], params, arrival_time=start + arrivals[i])
-        if not engine.has_unfinished_requests():
-            time.sleep(max(0.0, start + arrivals[pending[0]] - time.time()))
-            continue
-        for out in engine.step():
-            t = time.time()
-            i = int(out.request_id)
-            if i not in first and out.outputs and out.outputs[0].token_ids:
-                first[i] = t - (start + arrivals[i])
-            if out.finished:
-                done[i] = t - (start + arrivals[i])
+    steps, step_time = 0, 0.0
+    try:
+        while pending or engine.has_unfinished_requests():
+            now = clock()
+            while pending and start + arrivals[pending[0]] <= now:
+                i = pending.pop(0)
+                row = trace[i]
+                params = SamplingParams(temperature=0.0, max_tokens=row["output_len"],
+                                        ignore_eos=True,
+                                        extra_args={"output_len": row["output_len"]})
+                engine.add_request(str(i), row["prompt"], params,
+                                   arrival_time=start + arrivals[i])
+            if not engine.has_unfinished_requests():
+                if step_s is None:
+                    time.sleep(max(0.0, start + arrivals[pending[0]] - time.time()))
+                else:
+                    sim[0] = arrivals[pending[0]]
+                continue
+            t0 = time.time()
+            outs = engine.step()
+            steps, step_time = steps + 1, step_time + (time.time() - t0)
+            if step_s is not None:
+                sim[0] += step_s
+            t = clock()
+            for out in outs:
+                i = int(out.request_id)
+                if i not in first and out.outputs and out.outputs[0].token_ids:
+                    first[i] = t - (start + arrivals[i])
+                if out.finished:
+                    done[i] = t - (start + arrivals[i])
+    finally:
+        sched.clock = time.time
     lat, ttft = list(done.values()), list(first.values())
     stats = sched.stats()
     return {
@@ -89,15 +118,45 @@ def run_phase(engine, sched, trace, arrivals, cfg, warm, tokenizer):
         "p99_latency": percentile(lat, 99), "mean_ttft": sum(ttft) / len(ttft),
         "p50_ttft": percentile(ttft, 50), "p99_ttft": percentile(ttft, 99),
         "max_ttft": max(ttft), "max_wait": stats.get("max_wait_ms", 0) / 1000,
+        "step_ms": 1e3 * step_time / max(steps, 1), "steps": steps,
+        "preempt_length": stats.get("preempt_length", 0),
+        "preempt_memory": stats.get("preempt_memory", 0),
+        "prediction_mae": stats.get("prediction_mae", 0.0),
+        "prediction_spearman": stats.get("prediction_spearman", float("nan")),
         "finished": len(done), "stats": stats, "latencies": lat,
     }
 
 
+METRICS = ("mean_latency", "p50_latency", "p99_latency", "mean_ttft", "p50_ttft", "p99_ttft",
+           "max_ttft", "max_wait", "step_ms", "preempt_length", "preempt_memory",
+           "prediction_mae", "prediction_spearman")
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=80)
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds of arrivals")
+    ap.add_argument("--requests", type=int, default=None,
+                    help="number of requests (default: rate x duration)")
     ap.add_argument("--load", type=float, default=0.9, help="offered load vs measured capacity")
     ap.add_argument("--max-num-seqs", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2, help="mirrored rounds of all policies")
+    ap.add_argument("--policies", default=None,
+                    help="comma-separated subset of: fcfs,sjf,alise-retrieval,alise-online,"
+                         "alise-oracle,sjf-online")
+    ap.add_argument("--clock", choices=("steps", "wall"), default="steps",
+                    help="steps: simulated clock, each engine step = the calibrated step time "
+                         "(immune to other jobs on the machine); wall: real time")
+    ap.add_argument("--step-ms", type=float, default=None,
+                    help="use this step time instead of the calibrated one (reproducible "
+                         "simulated clock and arrival rate on a busy machine)")
+    ap.add_argument("--esp", default="{}",
+                    help="JSON of extra esp options for the ALISE phases (e.g. aging knobs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
@@ -125,64 +184,103 @@ def main():
     sched = engine.engine_core.engine_core.scheduler
     tokenizer = engine.get_tokenizer()
 
-    # Capacity: time a full batch of decodes to set the arrival rate for the target load.
-    t0 = time.time()
+    # Capacity: time full batches of decodes (after a warm-up round) to set the arrival rate;
+    # the median step is robust to a burst of contention during the probe.
     probe = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
-    for i in range(args.max_num_seqs):
-        engine.add_request(f"probe{i}", "warm up the engine", probe)
-    steps = 0
-    while engine.has_unfinished_requests():
-        engine.step()
-        steps += 1
-    step_s = (time.time() - t0) / steps
-    trace = make_trace(args.requests, seed=args.seed)
-    mean_out = sum(r["output_len"] for r in trace) / len(trace)
+    durations = []
+    for rnd in range(3):
+        for i in range(args.max_num_seqs):
+            engine.add_request(f"probe{rnd}-{i}", "warm up the engine", probe)
+        while engine.has_unfinished_requests():
+            t0 = time.time()
+            engine.step()
+            if rnd:
+                durations.append(time.time() - t0)
+    step_s = median(durations)
+    if args.step_ms is not None:
+        print(f"calibrated step {step_s * 1e3:.2f} ms; using --step-ms {args.step_ms}")
+        step_s = args.step_ms / 1e3
+    mean_out = sum(r["output_len"] for r in make_trace(2000, seed=args.seed)) / 2000
     capacity = args.max_num_seqs / (step_s * mean_out)  # requests per second
     rate = args.load * capacity
+    n = args.requests or max(20, int(rate * args.duration))
+    trace = make_trace(n, seed=args.seed)
     rng = random.Random(args.seed + 7)
     arrivals, t = [], 0.0
     for _ in trace:
         arrivals.append(t)
         t += rng.expovariate(rate)
-    print(f"step {step_s * 1e3:.1f} ms, mean output {mean_out:.0f} tok, capacity "
-          f"{capacity:.2f} req/s, offered {rate:.2f} req/s over {arrivals[-1]:.1f} s")
+    header = (f"step {step_s * 1e3:.1f} ms, mean output {mean_out:.0f} tok, capacity "
+              f"{capacity:.1f} req/s, offered {rate:.1f} req/s (load {args.load}), {n} requests "
+              f"over {arrivals[-1]:.1f} s, max_num_seqs {args.max_num_seqs}, "
+              f"{args.repeats} mirrored repeats (median), {args.clock} clock")
+    print(header, flush=True)
 
-    policies = {
-        "FCFS": {"policy": "fcfs", "predictor": "online", "swap": "off"},
-        "SJF (oracle)": {"policy": "sjf", "predictor": "oracle", "swap": "off"},
-        "ALISE (retrieval)": {"policy": "alise", "predictor": "retrieval",
-                              "predictor_options": {"trace_file": str(train_file)}},
-        "ALISE (online)": {"policy": "alise", "predictor": "online"},
+    # The cost model of the scheduler uses the measured step (one token per running request
+    # per step) so that preemption gains and costs are in real seconds.
+    cost = {"decode_s_per_token": step_s}
+    all_policies = {
+        "fcfs": ("FCFS", {"policy": "fcfs", "predictor": "online", "swap": "off"}),
+        "sjf": ("SJF (oracle)", {"policy": "sjf", "predictor": "oracle", "swap": "off"}),
+        "sjf-online": ("SJF (online)", {"policy": "sjf", "predictor": "online", "swap": "off"}),
+        "alise-retrieval": ("ALISE (retrieval)", {
+            "policy": "alise", "predictor": "retrieval",
+            "predictor_options": {"trace_file": str(train_file)}}),
+        "alise-online": ("ALISE (online)", {"policy": "alise", "predictor": "online"}),
+        "alise-oracle": ("ALISE (oracle)", {"policy": "alise", "predictor": "oracle"}),
     }
-    results = {}
-    for name, cfg in policies.items():
-        results[name] = run_phase(engine, sched, trace, arrivals, cfg, train, tokenizer)
-        r = results[name]
-        print(f"{name:18s} mean {r['mean_latency']:.2f}s p50 {r['p50_latency']:.2f}s "
-              f"p99 {r['p99_latency']:.2f}s ttft mean {r['mean_ttft']:.2f}s "
-              f"p99 {r['p99_ttft']:.2f}s max wait {r['max_wait']:.2f}s  {r['stats']}",
-              flush=True)
+    keys = (args.policies.split(",") if args.policies else
+            ["fcfs", "sjf", "alise-retrieval", "alise-online"])
+    extra = json.loads(args.esp)
+    policies = {all_policies[k][0]: dict(all_policies[k][1], **cost,
+                                         **(extra if k.startswith("alise") else {}))
+                for k in keys}
+    names = list(policies)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for rep in range(args.repeats):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            r = run_phase(engine, sched, trace, arrivals, policies[name], train, tokenizer,
+                          step_s if args.clock == "steps" else None)
+            runs[name].append(r)
+            print(f"[{rep}] {name:18s} mean {r['mean_latency']:.2f}s p50 {r['p50_latency']:.2f}s "
+                  f"p99 {r['p99_latency']:.2f}s ttft mean {r['mean_ttft']:.2f}s "
+                  f"max wait {r['max_wait']:.2f}s step {r['step_ms']:.2f} ms "
+                  f"preempt {r['preempt_length']}/{r['preempt_memory']} "
+                  f"declined {r['stats'].get('preempt_declined', 0)}", flush=True)
+    results = {name: {m: median([r[m] for r in rs]) for m in METRICS}
+               for name, rs in runs.items()}
     table = ["| policy | mean lat (s) | p50 lat | p99 lat | mean TTFT | p50 TTFT | p99 TTFT "
-             "| max wait | pred MAE | pred rho | preempt (len/mem) |", "|" + "---|" * 11]
+             "| max wait | step ms | pred MAE | pred rho | preempt (len/mem) |",
+             "|" + "---|" * 12]
     for name, r in results.items():
-        s = r["stats"]
         table.append(
             f"| {name} | {r['mean_latency']:.2f} | {r['p50_latency']:.2f} | "
             f"{r['p99_latency']:.2f} | {r['mean_ttft']:.2f} | {r['p50_ttft']:.2f} | "
-            f"{r['p99_ttft']:.2f} | {r['max_wait']:.2f} | {s.get('prediction_mae', 0):.1f} | "
-            f"{s.get('prediction_spearman', float('nan')):.2f} | "
-            f"{s.get('preempt_length', 0)}/{s.get('preempt_memory', 0)} |")
-    base = results["FCFS"]["mean_latency"]
+            f"{r['p99_ttft']:.2f} | {r['max_wait']:.2f} | {r['step_ms']:.2f} | "
+            f"{r['prediction_mae']:.1f} | {r['prediction_spearman']:.2f} | "
+            f"{r['preempt_length']:.0f}/{r['preempt_memory']:.0f} |")
     table.append("")
-    table.append("mean-latency speed-up vs FCFS: " + ", ".join(
-        f"{n} {base / r['mean_latency']:.2f}x" for n, r in results.items() if n != "FCFS"))
+    if "FCFS" in results:
+        base = results["FCFS"]["mean_latency"]
+        table.append("mean-latency speed-up vs FCFS (median of repeats): " + ", ".join(
+            f"{n} {base / r['mean_latency']:.2f}x" for n, r in results.items() if n != "FCFS"))
+        table.append("per-repeat speed-up: " + "; ".join(
+            f"{n} " + "/".join(f"{f['mean_latency'] / r['mean_latency']:.2f}"
+                               for f, r in zip(runs["FCFS"], rs))
+            for n, rs in runs.items() if n != "FCFS"))
+    steps_ms = [r["step_ms"] for rs in runs.values() for r in rs]
+    table.append(f"measured (wall) step time per phase {min(steps_ms):.2f}-{max(steps_ms):.2f} ms"
+                 f" (calibrated {step_s * 1e3:.2f} ms)" + (
+                     ": latencies use the simulated clock (steps x calibrated step)"
+                     if args.clock == "steps" else
+                     ": a spread beyond ~25% means CPU contention changed the phases"))
     text = "\n".join(table)
     print(text)
-    (out_dir / "alise_table.md").write_text(
-        f"step {step_s * 1e3:.1f} ms, offered {rate:.2f} req/s, {args.requests} requests, "
-        f"max_num_seqs {args.max_num_seqs}\n\n{text}\n")
+    (out_dir / "alise_table.md").write_text(f"{header}\n\n{text}\n")
     (out_dir / "alise.json").write_text(json.dumps(
-        {k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, indent=1))
+        {"header": header, "median": results,
+         "runs": {k: [{kk: vv for kk, vv in r.items() if kk != "latencies"} for r in rs]
+                  for k, rs in runs.items()}}, indent=1))
     try:
         import matplotlib
 
@@ -190,22 +288,21 @@ def main():
         import matplotlib.pyplot as plt
 
         fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-        names = list(results)
         xs = range(len(names))
         for off, key in ((-0.25, "mean_latency"), (0.0, "p50_latency"), (0.25, "p99_latency")):
             a.bar([x + off for x in xs], [results[n][key] for n in names], width=0.25,
                   label=key.replace("_", " "))
         a.set_xticks(list(xs), names, rotation=15)
         a.set_ylabel("seconds")
-        a.set_title("request latency")
+        a.set_title("request latency (median of repeats)")
         a.legend()
         for n in names:
-            lat = sorted(results[n]["latencies"])
+            lat = sorted(runs[n][0]["latencies"])
             b.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=n)
         b.set_xscale("log")
         b.set_xlabel("latency (s)")
         b.set_ylabel("CDF")
-        b.set_title("latency CDF (same arrivals)")
+        b.set_title("latency CDF (same arrivals, first repeat)")
         b.legend()
         fig.tight_layout()
         fig.savefig(out_dir / "alise.png", dpi=120)

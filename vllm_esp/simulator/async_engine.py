@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from vllm_esp.planner import ClusterState, KVPool
 from vllm_esp.simulator.core import Handoff, Progress
-from vllm_esp.simulator.planner_engine import IterationRecord, PlannerEngine
+from vllm_esp.simulator.planner_engine import PlannerEngine
 
 
 class AsyncPlannerEngine(PlannerEngine):
@@ -61,16 +61,8 @@ class AsyncPlannerEngine(PlannerEngine):
             plan.rejected = []
         elif plan.rejected:
             self.rejected.extend(plan.rejected)
-        if not (plan.prefill or plan.decode or plan.migrations or plan.preempted):
-            if plan.rejected:
-                self.state.apply_plan(plan)
+        if not self._runnable(plan, view, now):
             return None
-        if self.validate:
-            from vllm_esp.planner.validate import validate_plan
-
-            errs = validate_plan(view, plan)
-            if errs:
-                raise AssertionError(f"{self.name} at t={now:.6f}: invalid plan: {errs}")
         waiting = {r.req_id: r for r in self.state.waiting}
         t_mig = sum(self.cost.migration_time(m.num_tokens) for m in plan.migrations)
         new = []
@@ -85,12 +77,7 @@ class AsyncPlannerEngine(PlannerEngine):
             new.append((now + t_mig + max(t, 1e-9), frozenset(db.instances), [],
                         list(db.masters)))
         self.state.apply_plan(plan)
-        if self.trace is not None:
-            end = max((g[0] for g in new), default=now)
-            self.trace.append(IterationRecord(
-                now, end, [(tuple(pb.instances), tuple(pb.req_ids)) for pb in plan.prefill],
-                [(tuple(db.instances), len(db.masters)) for db in plan.decode],
-                sum(m.num_tokens for m in plan.migrations), tuple(plan.preempted)))
+        self._record(plan, now, max((g[0] for g in new), default=now))
         if not new:  # only migrations / preemptions: let the next event re-plan
             return [now + max(t_mig, 1e-9)]
         self._groups += new

@@ -76,31 +76,40 @@ class PlannerEngine:
             req_id=str(req.request_id), prompt_len=req.prompt_len,
             max_output_len=req.output_len, arrival_time=req.arrival))
 
+    def _runnable(self, plan: IterationPlan, planned_on: ClusterState, now: float) -> bool:
+        """False if the plan runs nothing (its rejections are applied); checks it if asked."""
+        if not (plan.prefill or plan.decode or plan.migrations or plan.preempted):
+            if plan.rejected:
+                self.state.apply_plan(plan)
+            return False
+        if self.validate:
+            from vllm_esp.planner.validate import validate_plan
+
+            errs = validate_plan(planned_on, plan)
+            if errs:
+                raise AssertionError(f"{self.name} at t={now:.6f}: invalid plan: {errs}")
+        return True
+
+    def _record(self, plan: IterationPlan, start: float, end: float) -> None:
+        if self.trace is not None:
+            self.trace.append(IterationRecord(
+                start, end,
+                [(tuple(pb.instances), tuple(pb.req_ids)) for pb in plan.prefill],
+                [(tuple(db.instances), len(db.masters)) for db in plan.decode],
+                sum(m.num_tokens for m in plan.migrations), tuple(plan.preempted)))
+
     def start(self, now: float) -> float | None:
         plan = self.policy.plan(self.state, now)
         if plan.rejected:
             self.rejected.extend(plan.rejected)
-        if not (plan.prefill or plan.decode or plan.migrations or plan.preempted):
-            if plan.rejected:
-                self.state.apply_plan(plan)
+        if not self._runnable(plan, self.state, now):
             return None
-        if self.validate:
-            from vllm_esp.planner.validate import validate_plan
-
-            errs = validate_plan(self.state, plan)
-            if errs:
-                raise AssertionError(f"{self.name} at t={now:.6f}: invalid plan: {errs}")
         dur = plan_time(plan, self.state, self.cost)
         self._prefilled = [rid for pb in plan.prefill for rid in pb.req_ids]
         self._running_ids = self._prefilled + [rid for db in plan.decode for rid in db.masters]
         self.state.apply_plan(plan)
         end = now + max(dur, 1e-9)
-        if self.trace is not None:
-            self.trace.append(IterationRecord(
-                now, end,
-                [(tuple(pb.instances), tuple(pb.req_ids)) for pb in plan.prefill],
-                [(tuple(db.instances), len(db.masters)) for db in plan.decode],
-                sum(m.num_tokens for m in plan.migrations), tuple(plan.preempted)))
+        self._record(plan, now, end)
         return end
 
     def complete(self, now: float, progress: Progress) -> list[Handoff]:

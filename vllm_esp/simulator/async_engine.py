@@ -87,13 +87,8 @@ class AsyncPlannerEngine(PlannerEngine):
         done = [g for g in self._groups if g[0] <= now]
         self._groups = [g for g in self._groups if g[0] > now]
         for _, _, prefilled, decoded in done:
-            for rid in prefilled:
-                progress.token(int(rid), now)
-            for rid in prefilled + decoded:
-                req = self.state.running.get(rid)
-                if req is not None and req.output_len >= req.max_output_len:
-                    progress.done(int(rid), now)
-                    self.state.finish(rid)
-        for rid in self.rejected:
-            progress.rejected.add(int(rid))
+            self._account(prefilled, prefilled + decoded, now, progress)
+        if not done:
+            for rid in self.rejected:
+                progress.rejected.add(int(rid))
         return []

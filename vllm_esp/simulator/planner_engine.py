@@ -112,15 +112,20 @@ class PlannerEngine:
         self._record(plan, now, end)
         return end
 
-    def complete(self, now: float, progress: Progress) -> list[Handoff]:
-        for rid in self._prefilled:
+    def _account(self, prefilled: list[str], ran: list[str], now: float,
+                 progress: Progress) -> None:
+        """First tokens of ``prefilled``; finish what in ``ran`` reached its output length."""
+        for rid in prefilled:
             progress.token(int(rid), now)
-        for rid in self._running_ids:
+        for rid in ran:
             req = self.state.running.get(rid)
             if req is not None and req.output_len >= req.max_output_len:
                 progress.done(int(rid), now)
                 self.state.finish(rid)
         for rid in self.rejected:
             progress.rejected.add(int(rid))
+
+    def complete(self, now: float, progress: Progress) -> list[Handoff]:
+        self._account(self._prefilled, self._running_ids, now, progress)
         self._prefilled, self._running_ids = [], []
         return []

@@ -35,6 +35,14 @@ def _params():
     return SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True, logprobs=1)
 
 
+def _long_decode_prompt():
+    return TokensPrompt(prompt_token_ids=[7 + i % 300 for i in range(500)])
+
+
+def _long_decode_params():  # 500 + 2000 tokens: more than one instance's 1920
+    return SamplingParams(temperature=0.0, max_tokens=2000, ignore_eos=True)
+
+
 @contextlib.contextmanager
 def _in_process():
     """EngineCore in this process: its scheduler is inspectable, its errors surface here."""
@@ -72,10 +80,16 @@ def pooled_run(tiny_models):
                "bytes": llm.collective_rpc("esp_comm_bytes")}
         # two spanning requests at once do not fit together: the second waits for the first
         run["pair"] = llm.generate([_prompt(), _prompt()], _params(), use_tqdm=False)
-        # decode tokens beyond one pool can never fit a single master: error, engine lives on
-        run["impossible"] = llm.generate(
-            [TokensPrompt(prompt_token_ids=[7] * 500)],
-            SamplingParams(temperature=0.0, max_tokens=2000, ignore_eos=True), use_tqdm=False)
+        # decode tokens beyond one pool: the decode scales up onto the other instance
+        run["grown"] = llm.generate([_long_decode_prompt()], _long_decode_params(),
+                                    use_tqdm=False)
+        run["grown_stats"] = sched.esp_stats()
+        # more than max_model_len: refused at the front end, naming the limit
+        try:
+            llm.generate([TokensPrompt(prompt_token_ids=[7] * (MAX_LEN + 1))],
+                         SamplingParams(max_tokens=4), use_tqdm=False)
+        except ValueError as e:
+            run["too_long"] = str(e)
         run["after"] = llm.generate([_prompt()], _params(), use_tqdm=False)
         run["final_stats"] = sched.esp_stats()
     finally:
@@ -84,6 +98,8 @@ def pooled_run(tiny_models):
                       max_model_len=MAX_LEN)
     try:
         run["ref"] = ref.generate([_prompt()], _params(), use_tqdm=False)
+        run["grown_ref"] = ref.generate([_long_decode_prompt()], _long_decode_params(),
+                                        use_tqdm=False)
     finally:
         close_engine(ref)
     return run
@@ -135,10 +151,23 @@ def test_stock_with_one_pool_of_that_size_refuses(pooled_run, tiny_models):
         close_engine(llm)
 
 
-def test_spanning_requests_wait_for_room_and_impossible_ones_fail_alone(pooled_run):
+def test_spanning_requests_wait_for_room(pooled_run):
     ref = list(pooled_run["ref"][0].outputs[0].token_ids)
     assert [list(o.outputs[0].token_ids) for o in pooled_run["pair"]] == [ref, ref]
-    bad = pooled_run["impossible"][0].outputs[0]
-    assert bad.finish_reason == "error" and len(bad.token_ids) == 0
     assert list(pooled_run["after"][0].outputs[0].token_ids) == ref  # engine still serves
     assert pooled_run["final_stats"]["kv_used_blocks"] == [0, 0]
+
+
+def test_decode_outgrowing_its_instance_scales_up_without_preemption(pooled_run):
+    got = pooled_run["grown"][0].outputs[0]
+    ref = pooled_run["grown_ref"][0].outputs[0]
+    assert len(got.token_ids) == 2000
+    assert list(got.token_ids) == list(ref.token_ids)
+    stats = pooled_run["grown_stats"]
+    assert stats["scale_up"] >= 1
+    assert stats["preemptions"] == [0, 0]
+    assert stats["decode_instances"].get(2, 0) >= 1
+
+
+def test_request_longer_than_the_pooled_limit_is_refused_by_name(pooled_run):
+    assert str(MAX_LEN) in pooled_run["too_long"]

@@ -24,6 +24,7 @@ def _check_internals() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     for owner, name in ((GPUModelRunner, "_prepare_inputs"), (GPUModelRunner, "execute_model"),
+                        (GPUModelRunner, "_update_states"),
                         (CPUAttentionBackendImpl, "forward"), (CPUWorker, "init_device")):
         if not callable(getattr(owner, name, None)):
             raise RuntimeError(f"vLLM moved {owner.__name__}.{name}; ESP worker needs review")
@@ -66,6 +67,30 @@ class ESPCPUModelRunner(CPUModelRunner):
         finally:
             sa.end_step()
 
+    def _update_states(self, scheduler_output):
+        """A request new to this instance may already have outputs (it continues here after
+        a scale-up, or was placed again): hand its runner state those tokens before it joins
+        the persistent batch, as vLLM does for a request resumed on the same instance."""
+        plan = getattr(scheduler_output, PLAN_ATTR, None)
+        resume = plan.resume_outputs if plan is not None else None
+        if not resume:
+            return super()._update_states(scheduler_output)
+        batch = self.input_batch
+        add_request = batch.add_request
+
+        def add_with_outputs(req_state):
+            tokens = resume.get(req_state.req_id)
+            if tokens and not req_state.output_token_ids:
+                req_state.output_token_ids.extend(tokens)
+                _advance_generator(req_state, len(tokens), batch.vocab_size)
+            return add_request(req_state)
+
+        batch.add_request = add_with_outputs
+        try:
+            return super()._update_states(scheduler_output)
+        finally:
+            del batch.add_request
+
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
         result = super()._prepare_inputs(scheduler_output, num_scheduled_tokens)
         ctx = sa.current()
@@ -89,6 +114,17 @@ class ESPCPUModelRunner(CPUModelRunner):
                 kv = m.kv_cache[0] if isinstance(m.kv_cache, (list, tuple)) else m.kv_cache
                 sa.span_layer(ctx, kv, m.num_heads, m.head_size, m.impl.scale,
                               getattr(m, "isa", None), dtype=self.dtype)
+
+
+def _advance_generator(req_state, num_samples: int, vocab_size: int) -> None:
+    """A seeded request's generator as it is after ``num_samples`` sampling steps (vLLM's
+    random sampler draws one exponential row of ``vocab_size`` per step and request)."""
+    gen = req_state.generator
+    if gen is None:
+        return
+    row = torch.empty(vocab_size, dtype=torch.float32)
+    for _ in range(num_samples):
+        row.exponential_(generator=gen)
 
 
 class ESPCPUWorker(CPUWorker):

@@ -21,14 +21,39 @@ _GAUGES = {
     "waiting": ("vllm_esp:num_requests_waiting", "Requests waiting on one ESP instance."),
     "preemptions": ("vllm_esp:num_preemptions", "Preemptions so far on one ESP instance."),
     "dispatched": ("vllm_esp:num_requests_dispatched", "Requests sent to one ESP instance so far."),
+    "esp_bytes_sent": ("vllm_esp:esp_bytes_sent",
+                       "Bytes one ESP instance sent for span attention so far (queries, "
+                       "partial outputs and LSE)."),
+}
+# pool-wide counters (no instance label)
+_SCALARS = {
+    "spanning_requests": ("vllm_esp:num_spanning_requests",
+                          "Requests whose KV was spread over several instances so far."),
+    "scale_up": ("vllm_esp:num_scale_up", "Decodes continued on an added instance so far."),
+    "scale_down": ("vllm_esp:num_scale_down",
+                   "Instances released by requests after their prefill chunk so far."),
+    "span_recompute": ("vllm_esp:num_span_recompute",
+                       "Spanning requests preempted (whole pool full) and placed again."),
+}
+# {instances: requests} histograms, labelled by the number of instances
+_BY_INSTANCES = {
+    "prefill_instances": ("vllm_esp:requests_by_prefill_instances",
+                          "Requests whose prefill used this many instances, so far."),
+    "decode_instances": ("vllm_esp:requests_by_decode_instances",
+                         "Finished requests whose KV was on this many instances at the end."),
 }
 _registered: dict[str, Gauge] = {}  # one Gauge per name per process (prometheus forbids dups)
 
 
 def _gauge(key: str) -> Gauge:
     if key not in _registered:
-        name, doc = _GAUGES[key]
-        _registered[key] = Gauge(name, doc, labelnames=["model_name", "engine", "instance"])
+        if key in _GAUGES:
+            (name, doc), labels = _GAUGES[key], ["instance"]
+        elif key in _SCALARS:
+            (name, doc), labels = _SCALARS[key], []
+        else:
+            (name, doc), labels = _BY_INSTANCES[key], ["instances"]
+        _registered[key] = Gauge(name, doc, labelnames=["model_name", "engine", *labels])
     return _registered[key]
 
 
@@ -41,12 +66,16 @@ class ESPStatLogger(StatLoggerBase):
         esp = getattr(scheduler_stats, "esp", None) if scheduler_stats is not None else None
         if not esp:
             return
+        engine = str(engine_idx)
         for key, values in esp.items():
-            if key not in _GAUGES:
-                continue
-            gauge = _gauge(key)
-            for instance, value in enumerate(values):
-                gauge.labels(self.model_name, str(engine_idx), str(instance)).set(value)
+            if key in _GAUGES:
+                for instance, value in enumerate(values):
+                    _gauge(key).labels(self.model_name, engine, str(instance)).set(value)
+            elif key in _SCALARS:
+                _gauge(key).labels(self.model_name, engine).set(values)
+            elif key in _BY_INSTANCES:
+                for k, count in values.items():
+                    _gauge(key).labels(self.model_name, engine, str(k)).set(count)
 
     def log_engine_initialized(self):
         pass

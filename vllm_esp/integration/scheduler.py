@@ -4,14 +4,16 @@ Every instance runs a vLLM ``Scheduler`` (or a subclass chosen by ``--esp-policy
 own block pool, so admission, chunked prefill, prefix caching, recompute preemption, stop
 handling and output processing stay vLLM's code. The ESP scheduler dispatches each new request
 to an instance, gathers the per-instance outputs into one step for the executor, routes the
-results back, and aggregates stats. In this release a request runs whole on one instance;
-sequence-parallel prefill and multi-instance KV build on the same pool and placement map.
+results back, and aggregates stats. A request whose prompt does not fit one instance, or
+whose decode outgrows its instance while others have free blocks, is spread over several
+instances by the ``SpanManager`` (contiguous chunks; see ``spanning.py``).
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
 from collections.abc import Iterable
 
 from vllm.logger import init_logger
@@ -99,11 +101,20 @@ class ESPScheduler(SchedulerInterface):
         # EngineCore reads the KV manager of "the" scheduler for attention block sizes.
         self.kv_cache_manager = self.instances[0].kv_cache_manager
         self._step = 0
+        self.decode_instances: Counter[int] = Counter()  # instances holding a finished request
+        self.esp_bytes = [0] * self.esp.instances  # span-attention bytes sent, per instance
+        self._layer_bytes = _attention_row_bytes(vllm_config)
 
     # ---- requests in and out ----------------------------------------------------------
     def add_request(self, request: Request) -> None:
         instance = self.pool.instance_of.get(request.request_id)
-        if instance is None and self.esp.instances > 1 and self.spans.needs_span(request):
+        try:
+            span = instance is None and self.esp.instances > 1 and self.spans.needs_span(request)
+        except ValueError as e:  # a bad per-request ESP option: fail this request only
+            logger.error("request %s: %s", request.request_id, e)
+            self.rejected.append(request)
+            return
+        if span:
             if self._never_fits(request):
                 logger.error("request %s (%d tokens + %d new) cannot fit the ESP pools "
                              "(%d instances); finishing it with an error", request.request_id,
@@ -117,15 +128,16 @@ class ESPScheduler(SchedulerInterface):
             instance = self.pool.choose_instance(request)
             self.pool.assign(request.request_id, instance)
             self.num_dispatched[instance] += 1
+            self.spans.prefill_instances[1] += 1
         self.instances[instance].add_request(request)
 
     def _never_fits(self, request: Request) -> bool:
-        """Even with every pool idle: the master must hold all decode tokens, and the whole
-        request must fit the sum of the pools."""
-        tokens = [self.pool.total_blocks(i) * self.pool.block_size
-                  for i in range(self.pool.num_instances)]
-        return (request.max_tokens >= max(tokens)
-                or request.num_tokens + request.max_tokens > sum(tokens))
+        """Even with every pool idle, the whole request must fit the sum of the pools."""
+        return request.num_tokens + request.max_tokens > self.pool_capacity_tokens()
+
+    def pool_capacity_tokens(self) -> int:
+        return sum(self.pool.total_blocks(i) for i in range(self.pool.num_instances)) \
+            * self.pool.block_size
 
     def _admit_spans(self) -> None:
         """Place waiting spanning requests, oldest first, while the pools have room."""
@@ -180,20 +192,76 @@ class ESPScheduler(SchedulerInterface):
     # ---- the step --------------------------------------------------------------------
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
         self._admit_spans()
+        if len(self.instances) > 1:
+            self._scale_up()
         outs = [s.schedule(throttle_prefills) for s in self.instances]
         for i, out in enumerate(outs):
             if out.preempted_req_ids:
                 self.num_preemptions[i] += len(out.preempted_req_ids)
+                self._place_preempted_spans_again(out.preempted_req_ids)
         plan = self.spans.build_plan(outs) if self.spans.spans else None
         for out in outs:
             setattr(out, PLAN_ATTR, plan)  # read by the ESP model runner of every instance
+        if plan is not None:
+            self._count_plan_bytes(plan)
         merged = merge_scheduler_outputs(outs)
         if envs.VLLM_ESP_DEBUG_PLAN:
-            logger.info("ESP step %d plan: %s", self._step, [
+            logger.info("ESP step %d plan: %s spans: %s", self._step, [
                 {"instance": i, "tokens": o.total_num_scheduled_tokens,
-                 "reqs": len(o.num_scheduled_tokens)} for i, o in enumerate(outs)])
+                 "reqs": len(o.num_scheduled_tokens)} for i, o in enumerate(outs)],
+                [(s.req_id, s.instance, s.num_query_tokens, [p.instance for p in s.peers])
+                 for s in (plan.spans if plan else [])])
         self._step += 1
         return merged
+
+    def _blocks_needed(self, i: int) -> int:
+        """New blocks the running requests of instance ``i`` take if all are scheduled."""
+        sched, need = self.instances[i], 0
+        for r in sched.running:
+            todo = min(r.num_tokens - r.num_computed_tokens, sched.max_num_scheduled_tokens)
+            need += max(0, self.pool.blocks_for(r.num_computed_tokens + todo)
+                        - self.spans.held_blocks(i, r.request_id))
+        return need
+
+    def _scale_up(self) -> None:
+        """Before vLLM would preempt on a full instance, move decodes that need a new block to
+        the instance with most room (their KV stays where it is). Preemption (recompute) is
+        left to vLLM only when no other instance has a free block."""
+        n = len(self.instances)
+        need = [self._blocks_needed(i) for i in range(n)]
+        free = [self.pool.free_blocks(i) for i in range(n)]
+        for i in range(n):
+            for r in reversed(list(self.instances[i].running)):  # vLLM's victims go first
+                if need[i] <= free[i]:
+                    break
+                if not self.spans.can_migrate(r) or \
+                        self.spans.held_blocks(i, r.request_id) * self.pool.block_size \
+                        != r.num_computed_tokens:
+                    continue
+                room = [(free[k] - need[k], -k) for k in range(n) if k != i]
+                best, neg_k = max(room)
+                if best < 1:
+                    return  # the whole pool is full: vLLM preempts (recompute)
+                self.spans.migrate(r, i, -neg_k)
+                self.pool.assign(r.request_id, -neg_k)
+                need[i] -= 1
+                need[-neg_k] += 1
+
+    def _place_preempted_spans_again(self, preempted_ids) -> None:
+        for rid in preempted_ids:
+            real = self.spans.take_back(rid)
+            if real is not None:
+                self.pool.forget(real.request_id)
+                self.pending_spans.insert(0, real)
+
+    def _count_plan_bytes(self, plan) -> None:
+        """Bytes the span attention of this step sends, from the plan's shapes (the workers
+        count the same on their communicator)."""
+        q_row, lse_row = self._layer_bytes
+        for s in plan.spans:
+            for p in s.peers:
+                self.esp_bytes[s.instance] += s.num_query_tokens * q_row
+                self.esp_bytes[p.instance] += s.num_query_tokens * (q_row + lse_row)
 
     def get_grammar_bitmask(self, scheduler_output: ESPSchedulerOutput):
         return merge_grammar_outputs([
@@ -217,6 +285,7 @@ class ESPScheduler(SchedulerInterface):
         for eco in merged.values():
             for o in eco.outputs:
                 if o.finish_reason is not None:
+                    self.decode_instances[self.spans.instances_of(o.request_id)] += 1
                     self.pool.forget(o.request_id)
                     self.spans.release(o.request_id)
         self.spans.advance()
@@ -307,6 +376,14 @@ class ESPScheduler(SchedulerInterface):
             "waiting": [c[1] for c in counts],
             "preemptions": list(self.num_preemptions),
             "dispatched": list(self.num_dispatched),
+            "esp_bytes_sent": list(self.esp_bytes),
+            # pool-wide counters
+            "spanning_requests": self.spans.num_spanning,
+            "scale_up": self.spans.num_scale_up,
+            "scale_down": self.spans.num_scale_down,
+            "span_recompute": self.spans.num_recompute,
+            "prefill_instances": dict(self.spans.prefill_instances),
+            "decode_instances": dict(self.decode_instances),
         }
 
     def _aggregate_stats(self, stats: list[SchedulerStats | None]) -> SchedulerStats:
@@ -332,6 +409,15 @@ class ESPScheduler(SchedulerInterface):
         )
         out.esp = self.esp_stats()  # field added by vllm_esp_patches.scheduler_stats_field
         return out
+
+
+def _attention_row_bytes(vllm_config) -> tuple[int, int]:
+    """Bytes per query token over all layers (and TP ranks): query or output rows, and LSE."""
+    mc = vllm_config.model_config
+    layers = mc.get_num_layers(vllm_config.parallel_config)
+    heads = mc.get_num_attention_heads(vllm_config.parallel_config) \
+        * vllm_config.parallel_config.tensor_parallel_size
+    return layers * heads * mc.get_head_size() * mc.dtype.itemsize, layers * heads * 4
 
 
 def _merge_engine_core_outputs(merged: dict[int, EngineCoreOutputs], client: int,

@@ -43,6 +43,9 @@ class ESPStepPlan:
     """Spans scheduled this step; identical on every instance of the engine."""
 
     spans: list[SpanAttention] = field(default_factory=list)
+    # request id -> tokens produced so far, for a request that is new on its instance's
+    # runner but already has outputs (scale-up, or placed again after a recompute)
+    resume_outputs: dict[str, list[int]] = field(default_factory=dict)
 
     def asked_by(self, instance: int) -> list[SpanAttention]:
         return [s for s in self.spans if s.instance == instance]

@@ -1,26 +1,39 @@
-"""Requests whose KV is larger than one instance's pool: contiguous chunks over instances.
+"""Requests whose KV is spread over several instances: contiguous chunks, elastic decode.
 
-First slice of in-engine ESP (see docs/esp_engine_status.md). A request that cannot fit any
-single instance's pool is split into contiguous, block-aligned token chunks; chunk ``j`` is
-stored on ``holders[j]`` and the last holder (the *master*) runs the real request: prefill of
-the last chunk, sampling, outputs and every decode step (its new tokens' KV lands there).
+A request's tokens are split into contiguous, block-aligned chunks; chunk ``j`` is stored on
+``holders[j]`` and the last holder (the *master*) runs the real request: prefill of the last
+chunk, sampling, outputs and decode steps (its new tokens' KV lands there). A token's KV lives
+on exactly one instance (no replication).
 
 Each chunk is computed by the stock vLLM scheduler of its instance through a *local view*:
 
-- chunks before the master's are *shadow* requests (prompt = the prefix up to the chunk's end,
-  ``max_tokens`` unbounded) whose garbage sample is dropped; once its chunk is prefilled a
-  shadow is *parked* (taken off its scheduler's running list, blocks kept) until the real
-  request finishes;
+- chunks before the master's are *shadow* requests (prompt = the tokens up to the chunk's
+  end, ``max_tokens`` unbounded) whose garbage sample is dropped; once its chunk is prefilled
+  a shadow is *parked* (taken off its scheduler's running list, blocks kept) until the real
+  request finishes. Parking the prefill shadows is the *scale-down* after prefill;
 - a view of chunk ``j > 0`` starts with ``num_computed_tokens = begin_j`` and null blocks for
   that prefix (the KV-transfer admission path of vLLM's scheduler), so the runner computes
   exactly the chunk with global positions and writes its KV into real local blocks.
 
+Elasticity:
+
+- *placement*: a request spans when its prompt does not fit any single instance's pool; the
+  master gets the tail, the prefix fills the others (most free blocks first);
+- *scale-up*: when a decoding request needs a new block and its master has none left while
+  another instance has, the master's blocks are handed to a parked shadow and the real request
+  continues on that instance (``migrate``); the new master's runner gets the tokens produced so
+  far through the plan. Nothing is copied and nothing is recomputed;
+- *recompute*: if a stock scheduler preempts a view (only when its instance is full and no
+  other instance had room), every view is dropped and the real request is placed again from
+  scratch, exactly like vLLM's recompute preemption.
+
 Chunks are prefilled one after another (chunk ``j`` attends the KV of chunks ``< j``, held by
-peers); the sequence-parallel striped prefill is the next step. No KV is replicated.
+peers); the sequence-parallel striped prefill is not in this release.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from vllm.logger import init_logger
@@ -38,9 +51,13 @@ SHADOW_SUFFIX = "#esp-chunk"
 class SpanningRequest:
     request: Request  # the real request (run by the master, the last holder)
     holders: list[int]  # instance of each chunk, in token order; master last
-    bounds: list[int]  # chunk j = tokens [bounds[j], bounds[j+1]); bounds[-1] = prompt length
+    # chunk j = tokens [bounds[j], bounds[j+1]); the master's chunk also takes every token
+    # after bounds[-1] (its decode tokens)
+    bounds: list[int]
     views: list[Request] = field(default_factory=list)  # local view per started chunk
-    parked: list[bool] = field(default_factory=list)  # shadow j finished its chunk
+    parked: list[bool] = field(default_factory=list)  # shadow j holds its chunk, runs no more
+    # tokens the new master's runner has not seen (sent once with the plan, then None)
+    outputs_to_send: list[int] | None = None
 
     @property
     def master(self) -> int:
@@ -52,6 +69,15 @@ class SpanningRequest:
         return len(self.views) - 1
 
 
+def requested_instances(request: Request) -> int:
+    """Instances the client asked the prompt to be spread over (1 = let ESP decide)."""
+    extra = request.sampling_params.extra_args if request.sampling_params else None
+    k = (extra or {}).get("esp_instances", 1)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"esp_instances must be a positive integer, got {k!r}")
+    return k
+
+
 class SpanManager:
     def __init__(self, schedulers: list, pool, block_size: int):
         self.schedulers = schedulers
@@ -59,31 +85,41 @@ class SpanManager:
         self.block_size = block_size
         self.spans: dict[str, SpanningRequest] = {}  # real request id -> span
         self.view_of: dict[str, tuple[str, int]] = {}  # view request id -> (real id, chunk)
-        self.num_spanning = 0  # requests served over several instances (cumulative)
+        # cumulative counters for /metrics
+        self.num_spanning = 0  # requests whose KV was spread over several instances
+        self.num_scale_up = 0  # decodes continued on an added instance
+        self.num_scale_down = 0  # instances released by a request after its prefill chunk
+        self.num_recompute = 0  # spanning requests preempted and placed again
+        self.prefill_instances: Counter[int] = Counter()  # instances used per prefill
 
     # ---- admission --------------------------------------------------------------------
     def needs_span(self, request: Request) -> bool:
-        if self.pool.num_instances < 1 or request.sampling_params is None:
+        """Its prompt (and the first new token) does not fit any single instance's pool, or
+        the client asked for it (``extra_args={"esp_instances": k}``)."""
+        if self.pool.num_instances < 2 or request.sampling_params is None:
             return False
-        need = self.pool.blocks_for(request.num_tokens + request.sampling_params.max_tokens)
+        if requested_instances(request) > 1:
+            return True
+        need = self.pool.blocks_for(request.num_tokens + 1)
         return need > max(self.pool.total_blocks(i) for i in range(self.pool.num_instances))
 
     def place(self, request: Request) -> tuple[list[int], list[int]]:
         """Holders and chunk bounds: the master is the instance with most headroom and keeps
-        as much as it can (tail + all decode tokens); earlier chunks fill the others in
-        whole blocks, most headroom first."""
+        the tail of the tokens; earlier chunks fill the others in whole blocks, most
+        headroom first. Decode tokens grow on the master and scale up when it is full."""
         bs = self.block_size
         n = self.pool.num_instances
         headroom = {i: self.pool.free_blocks(i) - self.pool.pending_demand(i) for i in range(n)}
         order = sorted(range(n), key=lambda i: (-headroom[i], i))
         master, others = order[0], order[1:]
-        prompt = request.num_prompt_tokens
-        total = prompt + request.sampling_params.max_tokens
-        prefix = max(0, total - headroom[master] * bs)
+        tokens = request.num_tokens  # prompt (+ outputs of a request placed again)
+        k = min(requested_instances(request), n)
+        if k > 1:
+            return self._place_evenly(request, order[:k], headroom)
+        prefix = max(0, tokens + 1 - headroom[master] * bs)
         prefix = -(-prefix // bs) * bs  # peers hold whole blocks
-        if prefix >= prompt:
-            raise ValueError(f"request {request.request_id}: the master instance cannot hold "
-                             f"the decode tokens ({total} tokens, {headroom[master] * bs} free)")
+        if prefix >= tokens:
+            raise ValueError(f"request {request.request_id}: no free blocks for its last chunk")
         holders, bounds, left = [], [0], prefix
         for i in others:
             if left == 0:
@@ -96,37 +132,55 @@ class SpanManager:
         if left:
             cap = sum(max(0, h) for h in headroom.values()) * bs
             raise ValueError(
-                f"request {request.request_id} needs {total} KV tokens; the ESP pool has "
+                f"request {request.request_id} needs {tokens + 1} KV tokens; the ESP pool has "
                 f"{cap} free over {n} instances (limit: the sum of the instances' pools)")
         holders.append(master)
-        bounds.append(prompt)
+        bounds.append(tokens)
+        return holders, bounds
+
+    def _place_evenly(self, request: Request, chosen: list[int],
+                      headroom: dict[int, int]) -> tuple[list[int], list[int]]:
+        """Equal block-aligned chunks over ``chosen`` (most headroom first = master)."""
+        bs, tokens = self.block_size, request.num_tokens
+        chunk = -(-tokens // len(chosen))
+        chunk = max(bs, -(-chunk // bs) * bs)
+        bounds = list(range(0, tokens, chunk)) + [tokens]
+        holders = chosen[1:len(bounds) - 1] + chosen[:1]
+        for j, i in enumerate(holders):
+            size = bounds[j + 1] - bounds[j] + (1 if j == len(holders) - 1 else 0)
+            if self.pool.blocks_for(size) > headroom[i]:
+                raise ValueError(f"request {request.request_id}: instance {i} has no room "
+                                 f"for its chunk of {size} tokens yet")
         return holders, bounds
 
     def add(self, request: Request) -> int:
         holders, bounds = self.place(request)
         span = SpanningRequest(request, holders, bounds)
+        if request.num_output_tokens:
+            span.outputs_to_send = list(request.output_token_ids)
         self.spans[request.request_id] = span
-        self.num_spanning += 1
-        logger.info("ESP: request %s (%d prompt tokens) spans instances %s, chunks %s",
-                    request.request_id, request.num_prompt_tokens, holders, bounds)
+        self.num_spanning += len(holders) > 1
+        self.prefill_instances[len(holders)] += 1
+        logger.info("ESP: request %s (%d tokens) spans instances %s, chunks %s",
+                    request.request_id, request.num_tokens, holders, bounds)
         self._start_chunk(span, 0)
         return span.master
+
+    def _new_shadow(self, real: Request, j: int, end: int) -> Request:
+        return Request(
+            request_id=f"{real.request_id}{SHADOW_SUFFIX}{j}",
+            prompt_token_ids=list(real.all_token_ids[:end]),
+            sampling_params=SamplingParams(temperature=0.0, max_tokens=1 << 30,
+                                           ignore_eos=True),
+            pooling_params=None,
+            client_index=real.client_index,
+            arrival_time=real.arrival_time,
+        )
 
     def _start_chunk(self, span: SpanningRequest, j: int) -> None:
         real = span.request
         begin, end = span.bounds[j], span.bounds[j + 1]
-        if j == len(span.holders) - 1:
-            view = real
-        else:
-            view = Request(
-                request_id=f"{real.request_id}{SHADOW_SUFFIX}{j}",
-                prompt_token_ids=list(real.prompt_token_ids[:end]),
-                sampling_params=SamplingParams(temperature=0.0, max_tokens=1 << 30,
-                                               ignore_eos=True),
-                pooling_params=None,
-                client_index=real.client_index,
-                arrival_time=real.arrival_time,
-            )
+        view = real if j == len(span.holders) - 1 else self._new_shadow(real, j, end)
         if begin:
             self._skip_prefix(span.holders[j], view, begin)
         span.views.append(view)
@@ -143,15 +197,105 @@ class SpanManager:
             m.num_cached_block[view.request_id] = begin // m.block_size
         view.num_computed_tokens = begin
 
+    # ---- scale-up ---------------------------------------------------------------------
+    def held_blocks(self, instance: int, rid: str) -> int:
+        """Entries in the request's block table there (null prefix included)."""
+        m = self.schedulers[instance].kv_cache_manager.coordinator.single_type_managers[0]
+        return len(m.req_to_blocks.get(rid, ()))
+
+    def can_migrate(self, request: Request) -> bool:
+        """A decoding request at a block boundary (its next token needs a new block)."""
+        rid = request.request_id
+        if rid in self.view_of and self.view_of[rid][0] != rid:
+            return False  # shadows never decode
+        if request.sampling_params is None or request.use_structured_output:
+            return False
+        n = request.num_computed_tokens
+        return n == request.num_tokens - 1 and n % self.block_size == 0
+
+    def migrate(self, request: Request, src: int, dst: int) -> None:
+        """Scale up: the master's KV stays on ``src`` (a parked shadow takes its blocks) and
+        the real request continues on ``dst`` from its next token."""
+        rid, n = request.request_id, request.num_computed_tokens
+        span = self.spans.get(rid)
+        if span is None:  # a single-instance request outgrowing its instance
+            span = SpanningRequest(request, [src], [0, n], views=[request], parked=[False])
+            self.spans[rid] = span
+            self.view_of[rid] = (rid, 0)
+            self.num_spanning += 1
+        j = len(span.holders) - 1
+        shadow = self._new_shadow(request, j, n)
+        self._hand_over(src, request, shadow)
+        span.views[j], span.parked[j] = shadow, True
+        self.view_of[shadow.request_id] = (rid, j)
+        span.bounds[-1] = n
+        span.holders.append(dst)
+        span.bounds.append(n)
+        request.status = RequestStatus.WAITING
+        self._skip_prefix(dst, request, n)
+        span.views.append(request)
+        span.parked.append(False)
+        self.view_of[rid] = (rid, j + 1)
+        span.outputs_to_send = list(request.output_token_ids)
+        self.schedulers[dst].add_request(request)
+        self.num_scale_up += 1
+        logger.info("ESP: scale-up of request %s at token %d: instance %d -> %d (holders %s)",
+                    rid, n, src, dst, span.holders)
+
+    def _hand_over(self, instance: int, request: Request, shadow: Request) -> None:
+        """Give ``request``'s blocks on ``instance`` to ``shadow`` (no copy, no free)."""
+        sched = self.schedulers[instance]
+        rid = request.request_id
+        for m in sched.kv_cache_manager.coordinator.single_type_managers:
+            m.req_to_blocks[shadow.request_id] = m.req_to_blocks.pop(rid)
+            if rid in m.num_cached_block:
+                m.num_cached_block[shadow.request_id] = m.num_cached_block.pop(rid)
+        sched.running = [r for r in sched.running if r is not request]
+        del sched.requests[rid]
+        shadow.status = RequestStatus.RUNNING
+        shadow.num_computed_tokens = request.num_computed_tokens
+        sched.requests[shadow.request_id] = shadow
+        sched.finished_req_ids.add(rid)  # that instance's runner drops the request's state
+
+    # ---- recompute --------------------------------------------------------------------
+    def take_back(self, view_id: str) -> Request | None:
+        """A stock scheduler preempted a view: drop every view of its request and return the
+        real request, reset to be placed again (recompute, like vLLM's preemption)."""
+        hit = self.view_of.get(view_id)
+        if hit is None:
+            return None
+        span = self.spans.pop(hit[0])
+        real = span.request
+        for j, view in enumerate(span.views):
+            self.view_of.pop(view.request_id, None)
+            sched = self.schedulers[span.holders[j]]
+            if span.parked[j]:
+                sched.running.append(view)  # finish_requests takes it off the running list
+            if view.request_id in sched.requests:
+                sched.finish_requests(view.request_id, RequestStatus.FINISHED_ABORTED)
+        real.status = RequestStatus.WAITING
+        real.num_computed_tokens = 0
+        self.num_recompute += 1
+        logger.info("ESP: spanning request %s preempted (instance full), placing it again",
+                    real.request_id)
+        return real
+
     # ---- the step ---------------------------------------------------------------------
     def build_plan(self, outs: list) -> ESPStepPlan | None:
-        spans = []
+        spans, resume = [], {}
         for i, out in enumerate(outs):
+            for new in out.scheduled_new_reqs:
+                span = self.spans.get(new.req_id)
+                if span is not None and span.outputs_to_send is not None:
+                    resume[new.req_id] = span.outputs_to_send
+                    span.outputs_to_send = None
             for rid, n in out.num_scheduled_tokens.items():
                 if rid not in self.view_of:
                     continue
                 real_id, j = self.view_of[rid]
                 span = self.spans[real_id]
+                if j == 0:
+                    continue  # no earlier chunks: plain local attention
                 begin = span.bounds[j]
                 view = span.views[j]
                 local_blocks = self._block_ids(i, rid)[begin // self.block_size:]
@@ -161,7 +305,9 @@ class SpanManager:
                     local_block_ids=local_blocks,
                     peers=[self._peer_chunk(span, k) for k in range(j)],
                 ))
-        return ESPStepPlan(spans) if spans else None
+        if not spans and not resume:
+            return None
+        return ESPStepPlan(spans, resume)
 
     def _block_ids(self, instance: int, rid: str) -> list[int]:
         return list(self.schedulers[instance].kv_cache_manager.get_block_ids(rid)[0])
@@ -184,7 +330,7 @@ class SpanManager:
         return hit is not None and hit[0] != rid
 
     def advance(self) -> None:
-        """Park shadows whose chunk is prefilled and start the next chunk."""
+        """Park shadows whose chunk is prefilled (scale-down) and start the next chunk."""
         for span in list(self.spans.values()):
             j = span.stage
             view = span.views[j]
@@ -195,11 +341,16 @@ class SpanManager:
                 sched = self.schedulers[span.holders[j]]
                 sched.running = [r for r in sched.running if r is not view]
                 span.parked[j] = True
+                self.num_scale_down += 1
                 self._start_chunk(span, j + 1)
 
     # ---- release ----------------------------------------------------------------------
     def is_spanning(self, rid: str) -> bool:
         return rid in self.spans
+
+    def instances_of(self, rid: str) -> int:
+        span = self.spans.get(rid)
+        return len(set(span.holders)) if span is not None else 1
 
     def release(self, real_id: str) -> None:
         """The real request finished: free every shadow's blocks on its instance."""

@@ -82,7 +82,7 @@ class ESPCPUModelRunner(CPUModelRunner):
             tokens = resume.get(req_state.req_id)
             if tokens and not req_state.output_token_ids:
                 req_state.output_token_ids.extend(tokens)
-                _advance_generator(req_state, len(tokens), batch.vocab_size)
+                _advance_generator(req_state, len(tokens), batch.vocab_size, self._fp64_gumbel())
             return add_request(req_state)
 
         batch.add_request = add_with_outputs
@@ -90,6 +90,10 @@ class ESPCPUModelRunner(CPUModelRunner):
             return super()._update_states(scheduler_output)
         finally:
             del batch.add_request
+
+    def _fp64_gumbel(self) -> bool:
+        sampler = getattr(getattr(self, "sampler", None), "topk_topp_sampler", None)
+        return bool(getattr(sampler, "use_fp64_gumbel", False))
 
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
         result = super()._prepare_inputs(scheduler_output, num_scheduled_tokens)
@@ -116,15 +120,18 @@ class ESPCPUModelRunner(CPUModelRunner):
                               getattr(m, "isa", None), dtype=self.dtype)
 
 
-def _advance_generator(req_state, num_samples: int, vocab_size: int) -> None:
-    """A seeded request's generator as it is after ``num_samples`` sampling steps (vLLM's
-    random sampler draws one exponential row of ``vocab_size`` per step and request)."""
+def _advance_generator(req_state, num_samples: int, vocab_size: int, fp64_gumbel: bool) -> None:
+    """A seeded request's generator as it is after ``num_samples`` sampling steps of vLLM's
+    CPU sampler (``TopKTopPSampler.forward_cpu``: one ``randint`` seed per step and request,
+    or one exponential row of ``vocab_size`` when fp64 Gumbel noise is on)."""
     gen = req_state.generator
     if gen is None:
         return
-    row = torch.empty(vocab_size, dtype=torch.float32)
     for _ in range(num_samples):
-        row.exponential_(generator=gen)
+        if fp64_gumbel:
+            torch.empty(vocab_size, dtype=torch.float64).exponential_(generator=gen)
+        else:
+            torch.randint(0, 2**31, (1,), generator=gen, dtype=torch.long)
 
 
 class ESPCPUWorker(CPUWorker):

@@ -34,12 +34,6 @@ class SchedulingConfig:
     max_wait_s: float | None = None
     max_wait_factor: float = 4.0
     min_max_wait_s: float = 1.0
-    # FCFS guard: each request also gets the finish time it would have under FCFS (a virtual
-    # FCFS system with max_num_seqs slots, same arrivals, predicted run times). Once waiting
-    # any longer would make it finish later than that, it is starved (served first, never
-    # length-preempted): shortest-first only spends the slack that FCFS leaves.
-    fcfs_guard: bool = True
-    fcfs_guard_quantile: float = 0.99
     # Length-based preemption (alise only): a waiting request preempts the running request with
     # the longest remaining estimate when that estimate is > preempt_ratio x the waiting one's
     # total estimate. Anti-thrashing: a request that (re)started less than min_run_steps steps

@@ -17,9 +17,7 @@ latency, so the bound adapts to the load ("a few multiples of the mean").
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections import deque
 from dataclasses import dataclass
 
 from vllm_esp.predictor.base import LengthPredictor, PredictRequest
@@ -44,8 +42,6 @@ class JobState:
     preemptions: int = 0  # length-based or memory preemptions so far
     swapped_tokens: int = 0  # tokens of KV parked in host memory (0 = none)
     swap_bytes: int = 0  # host bytes those tokens take (scheduler's accounting)
-    # s, when it would finish under FCFS (``FcfsShadow``); inf until its prediction is known
-    fcfs_finish: float = math.inf
 
     def total_wait(self, now: float) -> float:
         return self.waited + (now - self.wait_since if self.waiting else 0.0)
@@ -88,49 +84,14 @@ class ExecTimeModel:
         return tokens * (self.decode_s_per_token + self.decode_s_per_context_token * mean_ctx)
 
 
-class FcfsShadow:
-    """A virtual FCFS system fed with the same arrivals: when would each request finish there?
-
-    ``slots`` servers (the batch limit, one token per running request per step); each arrival
-    takes the server that frees first, in arrival order, for its estimated run time. Under FCFS
-    a request's wait depends only on the work that arrived before it, so its virtual finish
-    time is known at arrival (up to prediction error). ALISE uses it as a per-request deadline:
-    serve shortest first while that costs no request its FCFS latency (docs/scheduling.md).
-    """
-
-    def __init__(self, slots: int, window: int = 1000):
-        self.free_at = [-math.inf] * max(slots, 1)  # heap: when each virtual server frees
-        self._recent: deque[float] = deque(maxlen=window)  # virtual latencies, newest last
-        self._sorted: list[float] | None = None
-
-    def admit(self, arrival: float, run_s: float) -> float:
-        """Virtual finish time of a request arriving at ``arrival`` (call in arrival order)."""
-        start = max(arrival, self.free_at[0])
-        finish = start + max(run_s, 0.0)
-        heapq.heapreplace(self.free_at, finish)
-        self._recent.append(finish - arrival)
-        self._sorted = None
-        return finish
-
-    def latency_quantile(self, q: float) -> float:
-        """The ``q`` quantile of the recent virtual FCFS latencies (0 before any arrival)."""
-        if not self._recent:
-            return 0.0
-        if self._sorted is None:
-            self._sorted = sorted(self._recent)
-        xs = self._sorted
-        return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
-
-
 class PriorityEstimator:
     """Scores jobs for one scheduler. Lower score = served earlier."""
 
     def __init__(self, cfg: SchedulingConfig, predictor: LengthPredictor,
-                 time_model: ExecTimeModel | None = None, slots: int = 1):
+                 time_model: ExecTimeModel | None = None):
         self.cfg, self.predictor = cfg, predictor
         self.time_model = time_model or ExecTimeModel.from_config(cfg)
         self._latency_sum, self._latency_n = 0.0, 0
-        self.fcfs = FcfsShadow(slots)
 
     # -- estimates ------------------------------------------------------------------------
     def remaining_tokens(self, job: JobState) -> float:
@@ -164,23 +125,8 @@ class PriorityEstimator:
             return self.cfg.min_max_wait_s
         return max(self.cfg.max_wait_factor * mean, self.cfg.min_max_wait_s)
 
-    def admit(self, job: JobState) -> None:
-        """Give ``job`` its FCFS deadline (in arrival order, once its prediction is known)."""
-        job.fcfs_finish = self.fcfs.admit(job.arrival, self.remaining_time(job))
-
     def is_starved(self, job: JobState, now: float) -> bool:
-        """Starved = served before everything else and never length-preempted: its total wait
-        reached ``max_wait``, or (``fcfs_guard``) any further delay would make it finish later
-        than it would have under FCFS (now + estimated remaining time >= FCFS finish)."""
-        if self.cfg.policy != "alise":
-            return False
-        if job.total_wait(now) >= self.max_wait():
-            return True
-        if not self.cfg.fcfs_guard:
-            return False
-        budget = self.fcfs.latency_quantile(self.cfg.fcfs_guard_quantile)
-        deadline = max(job.fcfs_finish, job.arrival + budget)
-        return now + self.remaining_time(job) >= deadline
+        return self.cfg.policy == "alise" and job.total_wait(now) >= self.max_wait()
 
     def key(self, job: JobState, now: float) -> tuple:
         """Sort key: (class, value, arrival, id). Class 0 = starved (FCFS among them)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from vllm.v1.core.sched.request_queue import create_request_queue
@@ -68,7 +68,6 @@ class AliseScheduler(Scheduler):
         self._queue_lock = threading.Lock()
         self._predict_queue: list[tuple[PredictRequest, Future]] = []
         self._predict_worker_busy = False
-        self._fcfs_pending: deque[str] = deque()  # arrival order, not yet in the FCFS shadow
         self.reconfigure(SchedulingConfig.from_additional_config(
             self.vllm_config.additional_config))
 
@@ -81,8 +80,7 @@ class AliseScheduler(Scheduler):
         self.predictor = make_predictor(cfg.predictor, **cfg.predictor_options)
         if getattr(self.predictor, "is_slow", False) and self._predict_pool is None:
             self._predict_pool = ThreadPoolExecutor(1, thread_name_prefix="esp-predict")
-        self.estimator = PriorityEstimator(cfg, self.predictor, slots=self.max_num_running_reqs)
-        self._fcfs_pending.clear()
+        self.estimator = PriorityEstimator(cfg, self.predictor)
         self.prediction_error = PredictionErrorTracker()
         self.esp_stats.clear()
         if isinstance(self.connector, SwapConnector):
@@ -142,8 +140,6 @@ class AliseScheduler(Scheduler):
                 req_id=request.request_id, arrival=request.arrival_time,
                 prompt_len=request.num_prompt_tokens, predicted_len=predicted,
                 predict_req=preq, wait_since=now)
-            self._fcfs_pending.append(request.request_id)
-            self._admit_fcfs()
         super().add_request(request)
 
     def _predict(self, preq: PredictRequest) -> float:
@@ -185,18 +181,6 @@ class AliseScheduler(Scheduler):
             job = self.jobs.get(req_id)
             if job is not None:
                 job.predicted_len = future.result()
-        self._admit_fcfs()
-
-    def _admit_fcfs(self) -> None:
-        """Feed the FCFS shadow in arrival order, each request once its prediction is known."""
-        while self._fcfs_pending:
-            req_id = self._fcfs_pending[0]
-            if req_id in self._pending_predictions:
-                return
-            self._fcfs_pending.popleft()
-            job = self.jobs.get(req_id)
-            if job is not None:
-                self.estimator.admit(job)
 
     def _free_request(self, request: Request, delay_free_blocks: bool = False):
         job = self.jobs.pop(request.request_id, None)

@@ -1,0 +1,156 @@
+"""Which queue orders could meet issue 6's goal on bench_alise's trace? An idealized replay.
+
+bench_alise.py measures four policies on the real engine. This script asks a wider question in
+a couple of seconds: on the *same* trace and arrivals (``bench_alise.make_workload``), is there
+any order in the families we considered that gives both >= 2x lower mean latency than FCFS and
+a p99 no worse than FCFS's? The model is the benchmark's simulated clock without the engine:
+``max_num_seqs`` slots, every running request produces one token per step of ``--step-ms``,
+lengths known exactly (an oracle predictor), preemption free (ideal swap). It reproduces the
+engine's FCFS and SJF(oracle) rows (0.21/0.69 and 0.12/0.84 s mean/p99 at the defaults).
+
+    python benchmarks/alise_frontier.py [--load 0.9 --duration 15 --step-ms 1.53]
+
+Families: FCFS; SJF (shortest remaining first, non-preemptive); SRPT-like (SJF plus taking the
+slot of a running job 4x longer, as ALISE does, at most one per step); SJF with linear aging
+(key = remaining s - a x waited s); SJF with bounded overtaking (a request overtaken K times
+by later arrivals goes first); deadline guards (a request whose FCFS finish time, from a
+virtual FCFS system on the same arrivals, or a fixed latency budget would be missed by any
+further delay goes first, FCFS among such requests, and may take a slot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_alise import make_workload, percentile  # noqa: E402
+
+
+def replay(lens, arrivals, step, slots, key, preempt=None):
+    """Latencies of one replay. ``key(j, st)`` orders waiting jobs (lower first);
+    ``preempt(st, waiting, running)`` may return (victim, candidate) to swap once per step."""
+    n = len(lens)
+    st = {"rem": list(lens), "arr": arrivals, "t": 0.0, "bypass": [0] * n}
+    rem, done = st["rem"], [0.0] * n
+    waiting, running, i, t = [], [], 0, 0.0
+    while i < n or waiting or running:
+        if not waiting and not running:
+            t = max(t, arrivals[i])
+        while i < n and arrivals[i] <= t + 1e-12:
+            waiting.append(i)
+            i += 1
+        st["t"] = t
+        waiting.sort(key=lambda j: key(j, st))
+        if preempt and waiting and len(running) >= slots:
+            pair = preempt(st, waiting, running)
+            if pair:
+                victim, cand = pair
+                running.remove(victim)
+                waiting.remove(cand)
+                running.append(cand)
+                waiting.append(victim)
+                waiting.sort(key=lambda j: key(j, st))
+        while waiting and len(running) < slots:
+            j = waiting.pop(0)
+            running.append(j)
+            for w in waiting:  # overtaken by a later arrival
+                if arrivals[w] < arrivals[j]:
+                    st["bypass"][w] += 1
+        t += step
+        for j in list(running):
+            rem[j] -= 1
+            if rem[j] == 0:
+                done[j] = t - arrivals[j]
+                running.remove(j)
+    return done
+
+
+def fcfs_finish(lens, arrivals, step, slots):
+    """Finish times in a virtual FCFS system (the same arrivals, ``slots`` servers)."""
+    free, out = [float("-inf")] * slots, []
+    for length, a in zip(lens, arrivals):
+        finish = max(a, free[0]) + length * step
+        heapq.heapreplace(free, finish)
+        out.append(finish)
+    return out
+
+
+def policies(lens, arrivals, step, slots):
+    fcfs = lambda j, st: st["arr"][j]  # noqa: E731
+    sjf = lambda j, st: st["rem"][j]  # noqa: E731
+
+    def take_slot(ratio, protected=lambda r, st: False):
+        def preempt(st, waiting, running):
+            cand = waiting[0]
+            victims = [r for r in running if not protected(r, st)]
+            if not victims:
+                return None
+            victim = max(victims, key=lambda r: st["rem"][r])
+            if ratio is None or st["rem"][victim] > ratio * st["rem"][cand]:
+                return victim, cand
+            return None
+        return preempt
+
+    yield "FCFS", fcfs, None
+    yield "SJF", sjf, None
+    yield "SJF + preemption (ALISE w/o aging)", sjf, take_slot(4)
+    for a in (0.5, 1, 2, 4):
+        yield f"SJF + aging {a} s/s", (
+            lambda j, st, a=a: st["rem"][j] * step - a * (st["t"] - st["arr"][j])), None
+    for k in (2, 8, 32):
+        def bypass_key(j, st, k=k):
+            return (0, st["arr"][j]) if st["bypass"][j] >= k else (1, st["rem"][j])
+        yield f"SJF + preemption, overtaken <= {k}x", bypass_key, take_slot(
+            4, lambda r, st, k=k: st["bypass"][r] >= k)
+    finish = fcfs_finish(lens, arrivals, step, slots)
+    shadow = sorted(f - a for f, a in zip(finish, arrivals))
+    for label, budget in (("own FCFS finish", 0.0),
+                          ("max(own FCFS finish, FCFS p90)", percentile(shadow, 90)),
+                          ("max(own FCFS finish, FCFS p99)", percentile(shadow, 99))):
+        def urgent(j, st, budget=budget):
+            deadline = max(finish[j], st["arr"][j] + budget)
+            return st["t"] + st["rem"][j] * step >= deadline
+
+        def guard_key(j, st, urgent=urgent):
+            return (0, st["arr"][j]) if urgent(j, st) else (1, st["rem"][j])
+
+        def guard_preempt(st, waiting, running, urgent=urgent):
+            ratio = None if urgent(waiting[0], st) else 4
+            return take_slot(ratio, urgent)(st, waiting, running)
+        yield f"SJF + preemption, deadline {label}", guard_key, guard_preempt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--load", type=float, default=0.9)
+    ap.add_argument("--duration", type=float, default=15.0)
+    ap.add_argument("--max-num-seqs", type=int, default=4)
+    ap.add_argument("--step-ms", type=float, default=1.53, help="bench_alise's calibrated step")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    step = args.step_ms / 1e3
+    trace, arrivals, *_ = make_workload(step, args.load, args.duration, args.max_num_seqs,
+                                        args.seed)
+    lens = [r["output_len"] for r in trace]
+    print(f"{len(lens)} requests over {arrivals[-1]:.1f} s, load {args.load}, "
+          f"{args.max_num_seqs} slots, step {args.step_ms} ms, exact lengths")
+    print("| order | mean lat (s) | p50 | p99 | max | mean vs FCFS | meets goal |")
+    print("|---|---|---|---|---|---|---|")
+    base, meeting = None, []
+    for name, key, preempt in policies(lens, arrivals, step, args.max_num_seqs):
+        lat = replay(lens, arrivals, step, args.max_num_seqs, key, preempt)
+        mean, p99 = sum(lat) / len(lat), percentile(lat, 99)
+        if base is None:
+            base = (mean, p99)
+        ok = mean <= base[0] / 2 and p99 <= base[1]
+        meeting += [name] if ok else []
+        print(f"| {name} | {mean:.3f} | {percentile(lat, 50):.3f} | {p99:.3f} | {max(lat):.2f} "
+              f"| {base[0] / mean:.2f}x | {'baseline' if name == 'FCFS' else 'yes' if ok else 'no'} |")
+    print("orders meeting both (mean >= 2x lower, p99 <= FCFS):", ", ".join(meeting) or "none")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,9 @@ class ESPConfig:
     cpu_bind: str | None = None  # per-worker core lists "0|1|..." (CPU only); None = even split
     # dotted path of the scheduler class run per instance (default: by policy)
     instance_scheduler: str | None = None
+    # prefill a request spread over several instances on all of them in one step (sequence
+    # parallel) when they have room; False = its chunks run one after another
+    parallel_prefill: bool = True
 
     def __post_init__(self):
         if not isinstance(self.instances, int) or self.instances < 1:

@@ -154,3 +154,10 @@ def test_pool_accounting_after_the_mixed_run(runs):
     assert stats["spanning_requests"] >= 5  # 2500/3000-token prompts, hints, scale-ups
     assert sum(stats["decode_instances"].values()) >= 36
     assert stats["prefill_instances"].get(4, 0) >= 1
+    # both prefill modes ran: all chunks in one step when the holders had room, else in turn
+    assert 1 <= stats["parallel_prefills"] < stats["spanning_requests"]
+
+
+def test_long_prompt_prefilled_on_all_four_instances_at_once(runs):
+    assert runs["long_stats"]["parallel_prefills"] == 1
+    assert runs["long_stats"]["prefill_instances"] == {4: 1}

@@ -131,6 +131,12 @@ def test_kv_spread_over_both_instances_without_replication(pooled_run):
     assert all(x > 0 for x in usage[-2])
 
 
+def test_prefill_ran_on_both_instances_in_one_step(pooled_run):
+    # an idle engine has room: both chunks are prefilled in the same step (sequence parallel)
+    assert pooled_run["stats"]["parallel_prefills"] == 1
+    assert pooled_run["stats"]["prefill_instances"] == {2: 1}
+
+
 def test_pools_all_free_and_spans_released_after_the_run(pooled_run):
     assert pooled_run["stats"]["kv_used_blocks"] == [0, 0]
     assert pooled_run["open_spans"] == {}

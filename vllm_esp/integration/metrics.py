@@ -32,6 +32,8 @@ _SCALARS = {
     "scale_up": ("vllm_esp:num_scale_up", "Decodes continued on an added instance so far."),
     "scale_down": ("vllm_esp:num_scale_down",
                    "Instances released by requests after their prefill chunk so far."),
+    "parallel_prefills": ("vllm_esp:num_parallel_prefills",
+                          "Prefills run over all their instances in one step so far."),
     "span_recompute": ("vllm_esp:num_span_recompute",
                        "Spanning requests preempted (whole pool full) and placed again."),
 }

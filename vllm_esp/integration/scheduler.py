@@ -89,7 +89,8 @@ class ESPScheduler(SchedulerInterface):
         ]
         self.pool = DistributedKVPool(self.instances, block_size)
         # requests larger than one instance's pool: contiguous chunks over instances
-        self.spans = SpanManager(self.instances, self.pool, block_size)
+        self.spans = SpanManager(self.instances, self.pool, block_size,
+                                 parallel_prefill=self.esp.parallel_prefill)
         # spanning requests waiting for free blocks (admitted in order as pools free up), and
         # requests that cannot fit even in idle pools (finished with an error next step)
         self.pending_spans: list[Request] = []
@@ -193,6 +194,7 @@ class ESPScheduler(SchedulerInterface):
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
         self._admit_spans()
         if len(self.instances) > 1:
+            self.spans.start_next_chunks()
             self._scale_up()
         outs = [s.schedule(throttle_prefills) for s in self.instances]
         for i, out in enumerate(outs):
@@ -214,21 +216,12 @@ class ESPScheduler(SchedulerInterface):
         self._step += 1
         return merged
 
-    def _blocks_needed(self, i: int) -> int:
-        """New blocks the running requests of instance ``i`` take if all are scheduled."""
-        sched, need = self.instances[i], 0
-        for r in sched.running:
-            todo = min(r.num_tokens - r.num_computed_tokens, sched.max_num_scheduled_tokens)
-            need += max(0, self.pool.blocks_for(r.num_computed_tokens + todo)
-                        - self.spans.held_blocks(i, r.request_id))
-        return need
-
     def _scale_up(self) -> None:
         """Before vLLM would preempt on a full instance, move decodes that need a new block to
         the instance with most room (their KV stays where it is). Preemption (recompute) is
         left to vLLM only when no other instance has a free block."""
         n = len(self.instances)
-        need = [self._blocks_needed(i) for i in range(n)]
+        need = [self.spans.blocks_needed(i) for i in range(n)]
         free = [self.pool.free_blocks(i) for i in range(n)]
         for i in range(n):
             for r in reversed(list(self.instances[i].running)):  # vLLM's victims go first
@@ -238,8 +231,9 @@ class ESPScheduler(SchedulerInterface):
                         self.spans.held_blocks(i, r.request_id) * self.pool.block_size \
                         != r.num_computed_tokens:
                     continue
-                room = [(free[k] - need[k], -k) for k in range(n) if k != i]
-                best, neg_k = max(room)
+                room = [(free[k] - need[k], -k) for k in range(n)
+                        if k != i and k not in self.spans.reserved]
+                best, neg_k = max(room, default=(0, 0))
                 if best < 1:
                     return  # the whole pool is full: vLLM preempts (recompute)
                 self.spans.migrate(r, i, -neg_k)
@@ -382,6 +376,7 @@ class ESPScheduler(SchedulerInterface):
             "scale_up": self.spans.num_scale_up,
             "scale_down": self.spans.num_scale_down,
             "span_recompute": self.spans.num_recompute,
+            "parallel_prefills": self.spans.num_parallel_prefills,
             "prefill_instances": dict(self.spans.prefill_instances),
             "decode_instances": dict(self.decode_instances),
         }

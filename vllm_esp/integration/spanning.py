@@ -27,8 +27,11 @@ Elasticity:
   other instance had room), every view is dropped and the real request is placed again from
   scratch, exactly like vLLM's recompute preemption.
 
-Chunks are prefilled one after another (chunk ``j`` attends the KV of chunks ``< j``, held by
-peers); the sequence-parallel striped prefill is not in this release.
+Prefill is sequence-parallel when the holders have room for it this step: every chunk's view
+is scheduled in the same step, each instance computes its own chunk (global positions, its
+KV written locally) and, layer by layer, sends its queries to the holders of the earlier
+chunks and serves the later chunks' queries (partial attention + LSE merge). Otherwise the
+chunks run one after another. Keep ranges are contiguous, not LoongServe's striped ones.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 
 from vllm.logger import init_logger
 from vllm.sampling_params import SamplingParams
+from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.request import Request, RequestStatus
 
 from vllm_esp.integration.span_plan import ESPStepPlan, PeerChunk, SpanAttention
@@ -58,6 +62,8 @@ class SpanningRequest:
     parked: list[bool] = field(default_factory=list)  # shadow j holds its chunk, runs no more
     # tokens the new master's runner has not seen (sent once with the plan, then None)
     outputs_to_send: list[int] | None = None
+    parallel: bool = False  # all chunks prefilled in one step (sequence parallel)
+    prefilled: bool = False  # the parallel prefill step has been scheduled
 
     @property
     def master(self) -> int:
@@ -79,10 +85,12 @@ def requested_instances(request: Request) -> int:
 
 
 class SpanManager:
-    def __init__(self, schedulers: list, pool, block_size: int):
+    def __init__(self, schedulers: list, pool, block_size: int, parallel_prefill: bool = True):
         self.schedulers = schedulers
         self.pool = pool
         self.block_size = block_size
+        self.parallel_prefill = parallel_prefill
+        self.reserved: set[int] = set()  # instances holding a parallel prefill not yet run
         self.spans: dict[str, SpanningRequest] = {}  # real request id -> span
         self.view_of: dict[str, tuple[str, int]] = {}  # view request id -> (real id, chunk)
         # cumulative counters for /metrics
@@ -91,6 +99,7 @@ class SpanManager:
         self.num_scale_down = 0  # instances released by a request after its prefill chunk
         self.num_recompute = 0  # spanning requests preempted and placed again
         self.prefill_instances: Counter[int] = Counter()  # instances used per prefill
+        self.num_parallel_prefills = 0  # spanning prefills run over all holders at once
 
     # ---- admission --------------------------------------------------------------------
     def needs_span(self, request: Request) -> bool:
@@ -161,10 +170,50 @@ class SpanManager:
         self.spans[request.request_id] = span
         self.num_spanning += len(holders) > 1
         self.prefill_instances[len(holders)] += 1
-        logger.info("ESP: request %s (%d tokens) spans instances %s, chunks %s",
-                    request.request_id, request.num_tokens, holders, bounds)
-        self._start_chunk(span, 0)
+        span.parallel = len(holders) > 1 and self.parallel_prefill and \
+            self._room_for_parallel_prefill(span)
+        logger.info("ESP: request %s (%d tokens) spans instances %s, chunks %s, %s prefill",
+                    request.request_id, request.num_tokens, holders, bounds,
+                    "parallel" if span.parallel else "sequential")
+        if span.parallel:
+            self.num_parallel_prefills += 1
+            self.reserved.update(holders)
+            for j in range(len(holders)):
+                self._start_chunk(span, j)
+        else:
+            self._start_chunk(span, 0)
         return span.master
+
+    def _room_for_parallel_prefill(self, span: SpanningRequest) -> bool:
+        """Will every holder's stock scheduler run its whole chunk in the next step? Only
+        decodes are running there (no chunked prefill competes for the budget), no other
+        KV-holding request is queued ahead, the chunk fits the token budget, a request slot
+        and the free blocks, and chunk 0 goes to the front of an FCFS queue."""
+        for j, i in enumerate(span.holders):
+            sched = self.schedulers[i]
+            size = span.bounds[j + 1] - span.bounds[j]
+            threshold = sched.scheduler_config.long_prefill_token_threshold
+            if (i in self.reserved
+                    or len(sched.kv_holding_waiting)
+                    or (j == 0 and len(sched.waiting)
+                        and not isinstance(sched.waiting, FCFSRequestQueue))
+                    or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running)
+                    or size + len(sched.running) > sched.max_num_scheduled_tokens
+                    or (threshold and size > threshold)
+                    or len(sched.running) + 1 > sched.max_num_running_reqs
+                    or self.pool.blocks_for(size) + self.blocks_needed(i)
+                    > self.pool.free_blocks(i)):
+                return False
+        return True
+
+    def blocks_needed(self, i: int) -> int:
+        """New blocks the running requests of instance ``i`` take if all are scheduled."""
+        sched, need = self.schedulers[i], 0
+        for r in sched.running:
+            todo = min(r.num_tokens - r.num_computed_tokens, sched.max_num_scheduled_tokens)
+            need += max(0, self.pool.blocks_for(r.num_computed_tokens + todo)
+                        - self.held_blocks(i, r.request_id))
+        return need
 
     def _new_shadow(self, real: Request, j: int, end: int) -> Request:
         return Request(
@@ -186,7 +235,11 @@ class SpanManager:
         span.views.append(view)
         span.parked.append(False)
         self.view_of[view.request_id] = (real.request_id, j)
-        self.schedulers[span.holders[j]].add_request(view)
+        sched = self.schedulers[span.holders[j]]
+        sched.add_request(view)
+        if span.parallel and not begin:  # chunk 0 holds no KV yet: front of the FCFS queue
+            sched.waiting.remove_request(view)
+            sched.waiting.prepend_request(view)
 
     def _skip_prefix(self, instance: int, view: Request, begin: int) -> None:
         """Mark ``[0, begin)`` as computed elsewhere: null blocks, as vLLM does for tokens
@@ -282,6 +335,7 @@ class SpanManager:
 
     # ---- the step ---------------------------------------------------------------------
     def build_plan(self, outs: list) -> ESPStepPlan | None:
+        self._check_parallel_prefills(outs)
         spans, resume = [], {}
         for i, out in enumerate(outs):
             for new in out.scheduled_new_reqs:
@@ -309,6 +363,25 @@ class SpanManager:
             return None
         return ESPStepPlan(spans, resume)
 
+    def _check_parallel_prefills(self, outs: list) -> None:
+        """A parallel prefill must run all its chunks in this one step: a chunk computed
+        without its earlier chunks' KV would be wrong, so a violation stops the engine."""
+        self.reserved.clear()
+        for span in self.spans.values():
+            if not span.parallel or span.prefilled:
+                continue
+            got = [outs[i].num_scheduled_tokens.get(v.request_id, 0)
+                   for i, v in zip(span.holders, span.views)]
+            want = [b - a for a, b in zip(span.bounds, span.bounds[1:])]
+            if not any(got):
+                self.reserved.update(span.holders)  # not started yet: keep the room
+                continue
+            if got != want:
+                raise RuntimeError(
+                    f"ESP parallel prefill of {span.request.request_id}: instances "
+                    f"{span.holders} scheduled {got} of their chunks {want} in one step")
+            span.prefilled = True
+
     def _block_ids(self, instance: int, rid: str) -> list[int]:
         return list(self.schedulers[instance].kv_cache_manager.get_block_ids(rid)[0])
 
@@ -332,16 +405,24 @@ class SpanManager:
     def advance(self) -> None:
         """Park shadows whose chunk is prefilled (scale-down) and start the next chunk."""
         for span in list(self.spans.values()):
+            for j, view in enumerate(span.views):
+                if view is span.request or span.parked[j]:
+                    continue
+                if view.status == RequestStatus.RUNNING and \
+                        view.num_computed_tokens >= view.num_prompt_tokens:
+                    sched = self.schedulers[span.holders[j]]
+                    sched.running = [r for r in sched.running if r is not view]
+                    span.parked[j] = True
+                    self.num_scale_down += 1
+        self.start_next_chunks()
+
+    def start_next_chunks(self) -> None:
+        """Sequential prefill: start the chunk after a parked one, unless its instance is
+        reserved for a parallel prefill this step (it would take that step's room)."""
+        for span in list(self.spans.values()):
             j = span.stage
-            view = span.views[j]
-            if view is span.request or span.parked[j]:
-                continue
-            if view.status == RequestStatus.RUNNING and \
-                    view.num_computed_tokens >= view.num_prompt_tokens:
-                sched = self.schedulers[span.holders[j]]
-                sched.running = [r for r in sched.running if r is not view]
-                span.parked[j] = True
-                self.num_scale_down += 1
+            if span.parked[j] and j + 1 < len(span.holders) and \
+                    span.holders[j + 1] not in self.reserved:
                 self._start_chunk(span, j + 1)
 
     # ---- release ----------------------------------------------------------------------

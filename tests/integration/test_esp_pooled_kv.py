@@ -177,3 +177,40 @@ def test_decode_outgrowing_its_instance_scales_up_without_preemption(pooled_run)
 
 def test_request_longer_than_the_pooled_limit_is_refused_by_name(pooled_run):
     assert str(MAX_LEN) in pooled_run["too_long"]
+
+
+@pytest.fixture(scope="module")
+def qwen_run(tiny_models):
+    """Qwen2-shaped model (QKV bias): a spanning prompt and a decode that scales up."""
+    prompts = [_prompt(), TokensPrompt(prompt_token_ids=[9 + i % 400 for i in range(1800)])]
+    params = [_params(), SamplingParams(temperature=0.0, max_tokens=300, ignore_eos=True,
+                                        logprobs=1)]
+    run = {}
+    with _in_process():
+        llm = make_engine(tiny_models["qwen2"], 2, kv_cache_memory_bytes=POOL,
+                          max_model_len=MAX_LEN)
+    try:
+        sched = llm.llm_engine.engine_core.engine_core.scheduler
+        run["outs"] = [llm.generate([p], sp, use_tqdm=False)[0] for p, sp in zip(prompts, params)]
+        run["stats"] = sched.esp_stats()
+    finally:
+        close_engine(llm)
+    ref = make_engine(tiny_models["qwen2"], None, kv_cache_memory_bytes=2 * POOL,
+                      max_model_len=MAX_LEN)
+    try:
+        run["ref"] = ref.generate(prompts, params, use_tqdm=False)
+    finally:
+        close_engine(ref)
+    return run
+
+
+def test_qwen2_spanning_prefill_and_scale_up_match_stock(qwen_run):
+    for got, ref in zip(qwen_run["outs"], qwen_run["ref"]):
+        g, r = got.outputs[0], ref.outputs[0]
+        assert list(g.token_ids) == list(r.token_ids)
+        for pos, (gl, rl) in enumerate(zip(g.logprobs, r.logprobs)):
+            tok = r.token_ids[pos]
+            assert gl[tok].logprob == pytest.approx(rl[tok].logprob, abs=1e-4)
+    stats = qwen_run["stats"]
+    assert stats["parallel_prefills"] == 1 and stats["scale_up"] == 1
+    assert stats["preemptions"] == [0, 0] and stats["kv_used_blocks"] == [0, 0]

@@ -89,6 +89,33 @@ def test_metrics_show_per_instance_kv_usage(servers):
     assert "vllm:kv_cache_usage_perc" in servers["esp"].get("/metrics")  # stock gauge still there
 
 
+def _scalar(srv, name, labels: str = "") -> float | None:
+    for line in srv.get("/metrics").splitlines():
+        if line.startswith(name + "{") and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_request_spread_over_both_instances_matches_stock_and_shows_in_metrics(servers):
+    hint = {"vllm_xargs": {"esp_instances": 2}}
+    prompt = PROMPTS[3] * 30  # a few hundred tokens, split in two chunks of whole blocks
+    got = _complete(servers["esp"], prompt, extra_body=hint)
+    assert got == _complete(servers["stock"], prompt)
+    srv = servers["esp"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _scalar(srv, "vllm_esp:num_spanning_requests"):
+        _complete(srv, "x")  # stats reach /metrics a step after the tokens
+    assert _scalar(srv, "vllm_esp:num_spanning_requests") >= 1
+    assert _scalar(srv, "vllm_esp:num_parallel_prefills") >= 1
+    assert _scalar(srv, "vllm_esp:requests_by_prefill_instances", 'instances="2"') >= 1
+    assert _scalar(srv, "vllm_esp:requests_by_decode_instances", 'instances="2"') >= 1
+    sent = _metric(srv, "vllm_esp:esp_bytes_sent")
+    assert set(sent) == {"0", "1"} and all(v > 0 for v in sent.values())
+    for name in ("vllm_esp:num_scale_up", "vllm_esp:num_scale_down",
+                 "vllm_esp:num_span_recompute"):
+        assert _scalar(srv, name) is not None, name
+
+
 def test_aborted_stream_frees_its_blocks(servers):
     srv = servers["esp"]
     stream = _client(srv).completions.create(model="tiny", prompt=PROMPTS[1] * 40, max_tokens=1500,

@@ -181,14 +181,16 @@ def test_request_longer_than_the_pooled_limit_is_refused_by_name(pooled_run):
 
 @pytest.fixture(scope="module")
 def qwen_run(tiny_models):
-    """Qwen2-shaped model (QKV bias): a spanning prompt and a decode that scales up."""
-    prompts = [_prompt(), TokensPrompt(prompt_token_ids=[9 + i % 400 for i in range(1800)])]
+    """Qwen2-shaped model (QKV bias), prefix caching on (vLLM's default): a spanning prompt,
+    a decode that scales up, and the spanning prompt again (its first chunk is a cache hit)."""
+    prompts = [_prompt(), TokensPrompt(prompt_token_ids=[9 + i % 400 for i in range(1800)]),
+               _prompt()]
     params = [_params(), SamplingParams(temperature=0.0, max_tokens=300, ignore_eos=True,
-                                        logprobs=1)]
+                                        logprobs=1), _params()]
     run = {}
     with _in_process():
         llm = make_engine(tiny_models["qwen2"], 2, kv_cache_memory_bytes=POOL,
-                          max_model_len=MAX_LEN)
+                          max_model_len=MAX_LEN, enable_prefix_caching=True)
     try:
         sched = llm.llm_engine.engine_core.engine_core.scheduler
         run["outs"] = [llm.generate([p], sp, use_tqdm=False)[0] for p, sp in zip(prompts, params)]
@@ -196,7 +198,7 @@ def qwen_run(tiny_models):
     finally:
         close_engine(llm)
     ref = make_engine(tiny_models["qwen2"], None, kv_cache_memory_bytes=2 * POOL,
-                      max_model_len=MAX_LEN)
+                      max_model_len=MAX_LEN, enable_prefix_caching=True)
     try:
         run["ref"] = ref.generate(prompts, params, use_tqdm=False)
     finally:
@@ -204,7 +206,7 @@ def qwen_run(tiny_models):
     return run
 
 
-def test_qwen2_spanning_prefill_and_scale_up_match_stock(qwen_run):
+def test_qwen2_spanning_prefill_scale_up_and_prefix_cache_match_stock(qwen_run):
     for got, ref in zip(qwen_run["outs"], qwen_run["ref"]):
         g, r = got.outputs[0], ref.outputs[0]
         assert list(g.token_ids) == list(r.token_ids)
@@ -212,5 +214,5 @@ def test_qwen2_spanning_prefill_and_scale_up_match_stock(qwen_run):
             tok = r.token_ids[pos]
             assert gl[tok].logprob == pytest.approx(rl[tok].logprob, abs=1e-4)
     stats = qwen_run["stats"]
-    assert stats["parallel_prefills"] == 1 and stats["scale_up"] == 1
+    assert stats["parallel_prefills"] == 2 and stats["scale_up"] == 1
     assert stats["preemptions"] == [0, 0] and stats["kv_used_blocks"] == [0, 0]

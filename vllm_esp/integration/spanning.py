@@ -224,6 +224,9 @@ class SpanManager:
             pooling_params=None,
             client_index=real.client_index,
             arrival_time=real.arrival_time,
+            # same block hashes as the real request: with prefix caching on, a chunk's full
+            # blocks are cached under the true prefix hash (chunk 0 can serve later hits)
+            block_hasher=real._block_hasher,
         )
 
     def _start_chunk(self, span: SpanningRequest, j: int) -> None:
@@ -372,14 +375,16 @@ class SpanManager:
                 continue
             got = [outs[i].num_scheduled_tokens.get(v.request_id, 0)
                    for i, v in zip(span.holders, span.views)]
-            want = [b - a for a, b in zip(span.bounds, span.bounds[1:])]
             if not any(got):
                 self.reserved.update(span.holders)  # not started yet: keep the room
                 continue
-            if got != want:
+            # (a prefix-cache hit may leave less than the chunk to compute)
+            done = [v.num_computed_tokens for v in span.views]
+            if done != span.bounds[1:]:
                 raise RuntimeError(
                     f"ESP parallel prefill of {span.request.request_id}: instances "
-                    f"{span.holders} scheduled {got} of their chunks {want} in one step")
+                    f"{span.holders} reach tokens {done} of chunk ends {span.bounds[1:]} "
+                    f"in one step (scheduled {got})")
             span.prefilled = True
 
     def _block_ids(self, instance: int, rid: str) -> list[int]:

@@ -8,8 +8,9 @@ engine's per-request overhead, which the fitted ``A`` absorbs). Decode time per 
 over repeats: on shared cores other processes only ever add time, so the minimum is the best
 estimate of the engine's own cost.
 
-k > 1 needs ``vllm_esp.LLM(model, executor="esp", esp_instances=k)`` (the ESP executor issue);
-until that exists, asking for k > 1 raises a clear error instead of guessing.
+k > 1 runs ``vllm_esp.LLM(model, executor="esp", esp_instances=k)`` and asks every request to
+be spread over the k instances (``extra_args={"esp_instances": k}``): its prefill runs over all
+k at once when they have room, and its decode attends KV held by all k (one master, k-1 peers).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class EngineTimer:
             except (ImportError, AttributeError) as e:
                 raise RuntimeError(f"k={k} needs the ESP engine (vllm_esp.LLM), not available: {e}") from e
             self.llm = LLM(executor="esp", esp_instances=k, **kw)
+        self.k = k
         self.repeats = repeats
         self.rng = random.Random(seed)
         self.vocab = self.llm.llm_engine.model_config.get_vocab_size()
@@ -75,7 +77,8 @@ class EngineTimer:
     def _run(self, batch: int, length: int, max_tokens: int) -> float:
         from vllm import SamplingParams
 
-        sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+        sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0,
+                            extra_args={"esp_instances": self.k} if self.k > 1 else None)
         prompts = self._prompts(batch, length)
         t0 = time.perf_counter()
         self.llm.generate(prompts, sp, use_tqdm=False)

@@ -216,3 +216,44 @@ def test_qwen2_spanning_prefill_scale_up_and_prefix_cache_match_stock(qwen_run):
     stats = qwen_run["stats"]
     assert stats["parallel_prefills"] == 2 and stats["scale_up"] == 1
     assert stats["preemptions"] == [0, 0] and stats["kv_used_blocks"] == [0, 0]
+
+
+@pytest.fixture(scope="module")
+def alise_run(tiny_models):
+    """Spanning requests under the length-aware per-instance scheduler, and a bad hint."""
+    rng = random.Random(9)
+    prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(8, 512) for _ in range(n)])
+               for n in (2880, 50, 300, 2200, 10, 900)]
+    params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True)
+              for m in (16, 40, 8, 24, 100, 60)]
+    bad = SamplingParams(max_tokens=4, extra_args={"esp_instances": 0})
+    run = {}
+    with _in_process():
+        llm = make_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=POOL,
+                          max_model_len=MAX_LEN, additional_config={
+                              "esp": {"instances": 2, "policy": "alise", "predictor": "online"}})
+    try:
+        outs = llm.generate(prompts + prompts[1:2], params + [bad], use_tqdm=False)
+        run["outs"], run["bad"] = outs[:-1], outs[-1]
+        run["stats"] = llm.llm_engine.engine_core.engine_core.scheduler.esp_stats()
+    finally:
+        close_engine(llm)
+    ref = make_engine(tiny_models["llama"], None, kv_cache_memory_bytes=2 * POOL,
+                      max_model_len=MAX_LEN)
+    try:
+        run["ref"] = ref.generate(prompts, params, use_tqdm=False)
+    finally:
+        close_engine(ref)
+    return run
+
+
+def test_spanning_under_alise_policy_matches_stock(alise_run):
+    got = [list(o.outputs[0].token_ids) for o in alise_run["outs"]]
+    assert got == [list(o.outputs[0].token_ids) for o in alise_run["ref"]]
+    assert alise_run["stats"]["spanning_requests"] == 2
+    assert alise_run["stats"]["kv_used_blocks"] == [0, 0]
+
+
+def test_bad_esp_instances_hint_fails_only_that_request(alise_run):
+    bad = alise_run["bad"].outputs[0]
+    assert bad.finish_reason == "error" and len(bad.token_ids) == 0

@@ -195,8 +195,9 @@ class SpanManager:
             threshold = sched.scheduler_config.long_prefill_token_threshold
             if (i in self.reserved
                     or len(sched.kv_holding_waiting)
-                    or (j == 0 and len(sched.waiting)
-                        and not isinstance(sched.waiting, FCFSRequestQueue))
+                    # chunk 0 holds no KV: it must stay at the head of the waiting queue
+                    # while requests keep arriving (a priority queue would reorder it)
+                    or (j == 0 and not isinstance(sched.waiting, FCFSRequestQueue))
                     or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running)
                     or size + len(sched.running) > sched.max_num_scheduled_tokens
                     or (threshold and size > threshold)

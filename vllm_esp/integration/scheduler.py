@@ -104,6 +104,7 @@ class ESPScheduler(SchedulerInterface):
         self._step = 0
         self.decode_instances: Counter[int] = Counter()  # instances holding a finished request
         self.esp_bytes = [0] * self.esp.instances  # span-attention bytes sent, per instance
+        self._placed_again: set[str] = set()  # preempted spanning requests waiting to re-place
         self._layer_bytes = _attention_row_bytes(vllm_config)
 
     # ---- requests in and out ----------------------------------------------------------
@@ -150,7 +151,10 @@ class ESPScheduler(SchedulerInterface):
                 return
             self.pending_spans.pop(0)
             self.pool.assign(request.request_id, instance)
-            self.num_dispatched[instance] += 1
+            if request.request_id in self._placed_again:
+                self._placed_again.discard(request.request_id)  # dispatched once already
+            else:
+                self.num_dispatched[instance] += 1
 
     def _take_unplaced(self, request_ids, status: RequestStatus) -> list[Request]:
         """Finish requests the instances never saw (pending or rejected spans)."""
@@ -160,6 +164,7 @@ class ESPScheduler(SchedulerInterface):
             for r in queue:
                 if request_ids is None or r.request_id in request_ids:
                     r.status = status
+                    self._placed_again.discard(r.request_id)
                     taken.append(r)
                 else:
                     keep.append(r)
@@ -247,6 +252,7 @@ class ESPScheduler(SchedulerInterface):
             if real is not None:
                 self.pool.forget(real.request_id)
                 self.pending_spans.insert(0, real)
+                self._placed_again.add(real.request_id)
 
     def _count_plan_bytes(self, plan) -> None:
         """Bytes the span attention of this step sends, from the plan's shapes (the workers

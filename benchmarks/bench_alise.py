@@ -1,7 +1,7 @@
 """FCFS vs SJF(oracle) vs ALISE (retrieval / online predictors) on the real vLLM CPU engine.
 
-One engine (tiny float32 Llama), one heavy-tailed trace (most answers short, a few very long),
-the same Poisson arrivals replayed for every policy; the policy is switched between phases with
+One engine (tiny float32 Llama), one or more output-length traces (``--trace``), the same
+Poisson arrivals replayed for every policy of a trace; the policy is switched between phases with
 ``AliseScheduler.reconfigure`` so engine start-up is paid once. Latency is measured from each
 request's *scheduled* arrival time. ``max_num_seqs`` is small so that, at the chosen load, FCFS
 queues build up behind the long jobs (head-of-line blocking) — the regime ALISE targets.
@@ -13,6 +13,11 @@ reports its mean engine step time, so a phase that ran under CPU contention is v
 
     python benchmarks/bench_alise.py            # ~6-8 min on 2 cores; writes benchmarks/results/
     python benchmarks/bench_alise.py --duration 10 --repeats 2
+    python benchmarks/bench_alise.py --trace bimodal,heavy   # both traces, same engine and step
+
+Traces (``--trace``): ``bimodal`` (70% of answers 4-16 tokens, 20% 32-64, 10% 200-320) and
+``heavy`` (bounded Pareto output lengths, tail index 1.1, 4-2000 tokens: 0.9% of answers are
+256-2000 tokens). Each request's prompt template names its length class.
 
 The learned predictors start warm: retrieval pre-loads a training trace file (same distribution,
 other seed) and the online predictor observes the same training samples.
@@ -29,17 +34,45 @@ from pathlib import Path
 
 TOPICS = ["the ocean", "rome", "music", "gravity", "coffee", "trains", "volcanoes", "chess",
           "bees", "glass", "clouds", "paper", "bridges", "tea", "salt", "wolves"]
-CLASSES = [  # (share, template, output length range)
+CLASSES = [  # bimodal trace: (share, template, output length range)
     (0.70, "Answer in one word: what colour is {t}?", (4, 16)),
     (0.20, "Explain in a short paragraph how {t} works.", (32, 64)),
     (0.10, "Write a long, detailed essay about the history of {t}.", (200, 320)),
 ]
+# heavy trace: output lengths from a bounded Pareto distribution, the textbook heavy-tailed job
+# size model of the SRPT literature (Bansal & Harchol-Balter 2001 use tail index 1.1), from the
+# bimodal trace's shortest answer (4 tokens) to 2000 tokens. The prompt template is the one of
+# the length's bucket, so prompts carry the coarse signal a real request has ("one word" vs
+# "an essay") but not the length within the bucket. Shares: 78% 4-15, 17% 16-63, 3.7% 64-255,
+# 0.9% 256-2000 (0.13% above 1000); median 7.5, mean 20 tokens.
+PARETO_ALPHA, PARETO_MIN, PARETO_MAX = 1.1, 4, 2000
+HEAVY_BUCKETS = [  # (lower bound of the output length, template)
+    (4, "Answer in one word: what colour is {t}?"),
+    (16, "Explain in a short paragraph how {t} works."),
+    (64, "Write a one-page overview of {t}."),
+    (256, "Write a long, detailed essay about the history of {t}."),
+]
+TRACES = ("bimodal", "heavy")
 
 
-def make_trace(n: int, seed: int) -> list[dict]:
+def bounded_pareto(rng: random.Random, alpha=PARETO_ALPHA, lo=PARETO_MIN, hi=PARETO_MAX) -> int:
+    """Inverse-CDF sample of a Pareto(alpha) truncated to [lo, hi], rounded down."""
+    u = rng.random()
+    x = lo / (1.0 - u * (1.0 - (lo / hi) ** alpha)) ** (1.0 / alpha)
+    return min(hi, int(x))
+
+
+def make_trace(n: int, seed: int, kind: str = "bimodal") -> list[dict]:
+    if kind not in TRACES:
+        raise ValueError(f"unknown trace {kind!r}; expected one of {TRACES}")
     rng = random.Random(seed)
     out = []
     for _ in range(n):
+        if kind == "heavy":
+            length = bounded_pareto(rng)
+            template = [tpl for lo, tpl in HEAVY_BUCKETS if length >= lo][-1]
+            out.append({"prompt": template.format(t=rng.choice(TOPICS)), "output_len": length})
+            continue
         r, acc = rng.random(), 0.0
         for share, template, (lo, hi) in CLASSES:
             acc += share
@@ -50,14 +83,14 @@ def make_trace(n: int, seed: int) -> list[dict]:
     return out
 
 
-def make_workload(step_s, load, duration, max_num_seqs, seed=0, requests=None):
+def make_workload(step_s, load, duration, max_num_seqs, seed=0, requests=None, kind="bimodal"):
     """(trace, arrival times, rate, capacity, mean output length): Poisson arrivals at ``load``
     x the capacity of ``max_num_seqs`` slots producing one token per step of ``step_s``."""
-    mean_out = sum(r["output_len"] for r in make_trace(2000, seed=seed)) / 2000
+    mean_out = sum(r["output_len"] for r in make_trace(2000, seed=seed, kind=kind)) / 2000
     capacity = max_num_seqs / (step_s * mean_out)  # requests per second
     rate = load * capacity
     n = requests or max(20, int(rate * duration))
-    trace = make_trace(n, seed=seed)
+    trace = make_trace(n, seed=seed, kind=kind)
     rng = random.Random(seed + 7)
     arrivals, t = [], 0.0
     for _ in trace:
@@ -175,6 +208,10 @@ def main():
     ap.add_argument("--esp", default="{}",
                     help="JSON of extra esp options for the ALISE phases (e.g. aging knobs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trace", default="bimodal",
+                    help="comma-separated traces to run, one after the other on the same engine "
+                         "and step: bimodal (70%% 4-16, 20%% 32-64, 10%% 200-320 tokens) and/or "
+                         "heavy (bounded Pareto, alpha 1.1, 4-2000 tokens)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -186,12 +223,14 @@ def main():
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    kinds = args.trace.split(",")
+    for kind in kinds:
+        if kind not in TRACES:
+            ap.error(f"unknown trace {kind!r}; expected some of {TRACES}")
     model = make_tiny_model(out_dir / "tiny_model")
-    train = make_trace(300, seed=args.seed + 1000)
-    train_file = out_dir / "alise_train_trace.jsonl"
-    train_file.write_text("\n".join(json.dumps(r) for r in train))
     engine = LLMEngine.from_engine_args(EngineArgs(
-        model=model, dtype="float32", seed=0, enforce_eager=True, max_model_len=512,
+        # room for the heavy trace's 2000-token answers (bimodal never gets near it)
+        model=model, dtype="float32", seed=0, enforce_eager=True, max_model_len=2304,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=512,
         scheduler_cls="vllm_esp.scheduling.AliseScheduler",
         # the swap connector is inert unless the policy swaps (ALISE phases: swap="auto")
@@ -217,15 +256,6 @@ def main():
     if args.step_ms is not None:
         print(f"calibrated step {step_s * 1e3:.2f} ms; using --step-ms {args.step_ms}")
         step_s = args.step_ms / 1e3
-    trace, arrivals, rate, capacity, mean_out = make_workload(
-        step_s, args.load, args.duration, args.max_num_seqs, args.seed, args.requests)
-    n = len(trace)
-    header = (f"step {step_s * 1e3:.1f} ms, mean output {mean_out:.0f} tok, capacity "
-              f"{capacity:.1f} req/s, offered {rate:.1f} req/s (load {args.load}), {n} requests "
-              f"over {arrivals[-1]:.1f} s, max_num_seqs {args.max_num_seqs}, "
-              f"{args.repeats} mirrored repeats (median), {args.clock} clock")
-    print(header, flush=True)
-
     # The cost model of the scheduler uses the measured step (one token per running request
     # per step) so that preemption gains and costs are in real seconds.
     cost = {"decode_s_per_token": step_s}
@@ -233,9 +263,8 @@ def main():
         "fcfs": ("FCFS", {"policy": "fcfs", "predictor": "online", "swap": "off"}),
         "sjf": ("SJF (oracle)", {"policy": "sjf", "predictor": "oracle", "swap": "off"}),
         "sjf-online": ("SJF (online)", {"policy": "sjf", "predictor": "online", "swap": "off"}),
-        "alise-retrieval": ("ALISE (retrieval)", {
-            "policy": "alise", "predictor": "retrieval",
-            "predictor_options": {"trace_file": str(train_file)}}),
+        # retrieval phases pre-load the trace's training file (set per trace in run_trace)
+        "alise-retrieval": ("ALISE (retrieval)", {"policy": "alise", "predictor": "retrieval"}),
         "alise-online": ("ALISE (online)", {"policy": "alise", "predictor": "online"}),
         "alise-oracle": ("ALISE (oracle)", {"policy": "alise", "predictor": "oracle"}),
     }
@@ -245,6 +274,28 @@ def main():
     policies = {all_policies[k][0]: dict(all_policies[k][1], **cost,
                                          **(extra if k.startswith("alise") else {}))
                 for k in keys}
+    for kind in kinds:
+        run_trace(engine, sched, tokenizer, args, kind, step_s, policies, out_dir)
+
+
+def run_trace(engine, sched, tokenizer, args, kind, step_s, policies, out_dir):
+    """All policies on one trace (same arrivals), interleaved in mirrored repeats; writes
+    alise_<kind>_table.md / .json / .png."""
+    train = make_trace(300, seed=args.seed + 1000, kind=kind)
+    train_file = out_dir / f"alise_{kind}_train_trace.jsonl"
+    train_file.write_text("\n".join(json.dumps(r) for r in train))
+    policies = {name: ({**cfg, "predictor_options": {"trace_file": str(train_file)}}
+                       if cfg.get("predictor") == "retrieval" else cfg)
+                for name, cfg in policies.items()}
+    trace, arrivals, rate, capacity, mean_out = make_workload(
+        step_s, args.load, args.duration, args.max_num_seqs, args.seed, args.requests, kind)
+    n = len(trace)
+    header = (f"{kind} trace: step {step_s * 1e3:.1f} ms, mean output {mean_out:.0f} tok, "
+              f"capacity {capacity:.1f} req/s, offered {rate:.1f} req/s (load {args.load}), "
+              f"{n} requests over {arrivals[-1]:.1f} s, max_num_seqs {args.max_num_seqs}, "
+              f"{args.repeats} mirrored repeats (median), {args.clock} clock")
+    print(header, flush=True)
+
     names = list(policies)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for rep in range(args.repeats):
@@ -278,13 +329,33 @@ def main():
             f"{n} " + "/".join(f"{f['mean_latency'] / r['mean_latency']:.2f}"
                                for f, r in zip(runs["FCFS"], rs))
             for n, rs in runs.items() if n != "FCFS"))
-    long_ids = [i for i, row in enumerate(trace) if row["output_len"] >= 200]
+        f = results["FCFS"]
+        table.append("p99 latency / max wait vs FCFS: " + ", ".join(
+            f"{n} {r['p99_latency'] / f['p99_latency']:.2f}x / {r['max_wait'] / f['max_wait']:.2f}x"
+            for n, r in results.items() if n != "FCFS"))
+        met = {n: 2 * r["mean_latency"] <= base and r["p99_latency"] <= f["p99_latency"]
+               for n, r in results.items() if n != "FCFS"}
+        table.append("goal (mean >= 2x lower and p99 <= FCFS's): " + ", ".join(
+            f"{n} {'met' if ok else 'not met'}" for n, ok in met.items()))
+    cls = 200 if kind == "bimodal" else HEAVY_BUCKETS[-1][0]  # the longest class
+    long_ids = [i for i, row in enumerate(trace) if row["output_len"] >= cls]
     parts = []
     for name, rs in runs.items():
         lat = [rs[0]["per_request"][i][0] for i in long_ids if i in rs[0]["per_request"]]
-        parts.append(f"{name} {sum(lat) / len(lat):.2f}/{max(lat):.2f}")
-    table.append(f"latency of the {len(long_ids)} requests of 200-320 tokens (they make the p99),"
-                 " mean/max s, first repeat: " + "; ".join(parts))
+        if lat:
+            parts.append(f"{name} {sum(lat) / len(lat):.2f}/{max(lat):.2f}")
+    table.append(f"latency of the {len(long_ids)} requests of >= {cls} tokens, mean/max s, first "
+                 "repeat: " + ("; ".join(parts) or "none"))
+    # Who makes the p99: output lengths of the requests at or above each policy's p99 latency.
+    parts = []
+    for name, rs in runs.items():
+        pr = rs[0]["per_request"]
+        cut = percentile([v[0] for v in pr.values()], 99)
+        top = sorted(trace[i]["output_len"] for i, v in pr.items() if v[0] >= cut)
+        short = sum(1 for x in top if x < 64)
+        parts.append(f"{name} {len(top)} requests, {short} of < 64 tokens, lengths "
+                     f"{top[0]}-{top[-1]} (median {top[len(top) // 2]})")
+    table.append("requests at or above the p99 latency (first repeat): " + "; ".join(parts))
     steps_ms = [r["step_ms"] for rs in runs.values() for r in rs]
     table.append(f"measured (wall) step time per phase {min(steps_ms):.2f}-{max(steps_ms):.2f} ms"
                  f" (calibrated {step_s * 1e3:.2f} ms)" + (
@@ -293,8 +364,8 @@ def main():
                      ": a spread beyond ~25% means CPU contention changed the phases"))
     text = "\n".join(table)
     print(text)
-    (out_dir / "alise_table.md").write_text(f"{header}\n\n{text}\n")
-    (out_dir / "alise.json").write_text(json.dumps(
+    (out_dir / f"alise_{kind}_table.md").write_text(f"{header}\n\n{text}\n")
+    (out_dir / f"alise_{kind}.json").write_text(json.dumps(
         {"header": header, "median": results,
          "runs": {k: [{kk: vv for kk, vv in r.items()
                        if kk not in ("latencies", "per_request")} for r in rs]
@@ -312,7 +383,7 @@ def main():
                   label=key.replace("_", " "))
         a.set_xticks(list(xs), names, rotation=15)
         a.set_ylabel("seconds")
-        a.set_title("request latency (median of repeats)")
+        a.set_title(f"{kind} trace: request latency (median of repeats)")
         a.legend()
         for n in names:
             lat = sorted(runs[n][0]["latencies"])
@@ -323,8 +394,8 @@ def main():
         b.set_title("latency CDF (same arrivals, first repeat)")
         b.legend()
         fig.tight_layout()
-        fig.savefig(out_dir / "alise.png", dpi=120)
-        print("plot:", out_dir / "alise.png")
+        fig.savefig(out_dir / f"alise_{kind}.png", dpi=120)
+        print("plot:", out_dir / f"alise_{kind}.png")
     except ImportError:
         print("matplotlib not installed: no plot")
 

@@ -1,9 +1,10 @@
 """``vllm-esp demo``: the whole product in one command, on an embedded tiny model.
 
 Writes a tiny random Llama checkpoint (no download), starts
-``vllm serve <it> --executor esp --esp-instances 2``, sends one completion and one chat
-request through the OpenAI-compatible API, prints the answers and the per-instance KV metrics,
-and stops the server (checking that no process is left behind). The model is random, so the
+``vllm serve <it> --executor esp --esp-instances 2``, sends one completion, one chat request
+and one long completion spread over all instances (``vllm_xargs: {"esp_instances": N}``)
+through the OpenAI-compatible API, prints the answers and the ESP metrics, and stops the
+server (checking that no process is left behind). The model is random, so the
 text is gibberish; the point is the path a real deployment takes.
 """
 
@@ -39,8 +40,17 @@ def run(args: argparse.Namespace) -> int:
         if status != 200:
             raise RuntimeError(f"chat failed ({status}): {chat}")
         print(f"chat: {chat['choices'][0]['message']['content']!r}")
-        for line in server.get("/metrics").splitlines():
-            if re.match(r"vllm_esp:(kv_cache_total_blocks|num_requests_dispatched)\{", line):
+        status, spread = server.post("/v1/completions", {
+            "model": "tiny", "prompt": "Long context serving needs memory. " * 60,
+            "max_tokens": 16, "temperature": 0,
+            "vllm_xargs": {"esp_instances": args.instances}})
+        if status != 200:
+            raise RuntimeError(f"spread completion failed ({status}): {spread}")
+        print(f"spread over {args.instances} instances: {spread['choices'][0]['text']!r}")
+        server.post("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1})
+        for line in server.get("/metrics").splitlines():  # (stats lag the tokens by a step)
+            if re.match(r"vllm_esp:(kv_cache_total_blocks|num_requests_dispatched|"
+                        r"num_spanning_requests|num_parallel_prefills|esp_bytes_sent)\{", line):
                 print(f"metric: {line}")
     finally:
         leftovers = server.stop()

@@ -13,11 +13,13 @@ engine's FCFS and SJF(oracle) rows (0.21/0.69 and 0.12/0.84 s mean/p99 at the de
 
 Families: FCFS; SJF (shortest remaining first, non-preemptive); SRPT-like (SJF plus taking the
 slot of a running job 4x longer, as ALISE does, at most one per step); SJF with linear aging
-(key = remaining s - a x waited s); ALISE's defaults (SRPT-like + aging 0.1 s/s + starvation
-after max(1 s, 4 x mean latency) of waiting; also with a 2 s / 4 s floor); SJF with bounded
-overtaking (a request overtaken K times by later arrivals goes first); deadline guards (a
-request whose FCFS finish time, from a virtual FCFS system on the same arrivals, or a fixed
-latency budget would be missed by any further delay goes first, FCFS among such requests, and
+(key = remaining s - a x waited s); ALISE's former default bound (SRPT-like + aging 0.1 s/s
++ starvation after max(1 s, 4 x mean latency) of waiting; also with a 2 s / 4 s floor);
+ALISE's bounded-slowdown default (starved after max(1 s, K x the request's own run time),
+K = 9, and K = 4 for comparison; esp.max_slowdown); SJF with bounded overtaking (a request
+overtaken K times by later arrivals goes first); deadline guards (a request whose FCFS finish
+time, from a virtual FCFS system on the same arrivals, or a fixed latency budget would be
+missed by any further delay goes first, FCFS among such requests, and
 may take a slot).
 """
 
@@ -111,7 +113,7 @@ def policies(lens, arrivals, step, slots):
             return (0, st["arr"][j]) if st["bypass"][j] >= k else (1, st["rem"][j])
         yield f"SJF + preemption, overtaken <= {k}x", bypass_key, take_slot(
             4, lambda r, st, k=k: st["bypass"][r] >= k)
-    # ALISE's defaults, idealized: aging 0.1 s/s, a request whose wait (time not running)
+    # ALISE's former defaults, idealized: aging 0.1 s/s, a request whose wait (time not running)
     # reaches max(floor, 4 x the running mean latency) is starved: it goes first (oldest
     # first) and is never preempted; preemption as above. Default floor (min_max_wait_s) 1 s.
     def waited(j, st):
@@ -126,8 +128,26 @@ def policies(lens, arrivals, step, slots):
             if starved(j, st):
                 return (0, st["arr"][j])
             return (1, st["rem"][j] * step - 0.1 * waited(j, st))
-        label = "defaults" if floor == 1.0 else f"starved after {floor:.0f} s"
+        label = ("old default bound, max_slowdown null" if floor == 1.0
+                 else f"starved after {floor:.0f} s")
         yield f"ALISE idealized ({label})", alise_key, take_slot(4, starved)
+    # Bounded slowdown: starved once the wait exceeds max(1 s floor, K x the request's own
+    # total run time) (esp.max_slowdown = K). K = 9 is processor sharing's mean wait per
+    # second of service at load 0.9, rho / (1 - rho): no request waits more, relative to its
+    # size, than it would on average under the "fair" policy PS (Wierman & Harchol-Balter
+    # 2003). K = 4 is shown for comparison (the other factors' default).
+    for k in (4.0, 9.0):
+        def slowdown_starved(j, st, k=k):
+            return waited(j, st) >= max(1.0, k * st["lens"][j] * st["step"])
+
+        def slowdown_key(j, st, starved=slowdown_starved):
+            if starved(j, st):
+                return (0, st["arr"][j])
+            return (1, st["rem"][j] * step - 0.1 * waited(j, st))
+        label = "defaults: " if k == 9.0 else ""
+        yield (f"ALISE idealized ({label}starved after max(1 s, {k:g} x own run time))",
+               slowdown_key,
+               take_slot(4, slowdown_starved))
     finish = fcfs_finish(lens, arrivals, step, slots)
     shadow = sorted(f - a for f, a in zip(finish, arrivals))
     for label, budget in (("own FCFS finish", 0.0),

@@ -57,7 +57,8 @@ def test_remaining_time_shrinks_as_tokens_are_produced():
 
 
 def test_aging_bounds_the_wait_of_a_long_job():
-    e = est(policy="alise", max_wait_s=10.0, aging_rate=0.0)
+    # the absolute bound, the same for every request (max_slowdown off)
+    e = est(policy="alise", max_wait_s=10.0, aging_rate=0.0, max_slowdown=None)
     long = job("long", 10_000, arrival=0.0)
     # a stream of short jobs keeps arriving; before the bound the long one loses to all
     shorts = [job(f"s{i}", 5, arrival=float(i)) for i in range(20)]
@@ -65,6 +66,34 @@ def test_aging_bounds_the_wait_of_a_long_job():
     # at the bound it goes first, ahead of every fresher short job
     assert order(e, [long] + shorts, 10.0)[0] == "long"
     assert e.is_starved(long, 10.0) and not e.is_starved(shorts[5], 10.0)
+
+
+def test_bounded_slowdown_lets_short_jobs_overtake_until_k_times_own_run_time():
+    # 500 tokens at 2 ms: about 1 s of run time, so with K = 4 it is starved after ~4 s of
+    # waiting, not after the 1 s floor (the old rule: starved at 1 s, then goes first)
+    e = est(policy="alise", aging_rate=0.0, max_slowdown=4.0, min_max_wait_s=1.0)
+    long = job("long", 500, arrival=0.0)
+    run = e.service_time(long)
+    assert run == pytest.approx(1.0, rel=0.02)  # + prefill and context terms
+    shorts = [job(f"s{i}", 5, arrival=0.5 * i) for i in range(12)]
+    for now in (1.5, 3.0, 3.9):  # past the floor, below K x its run time: shorts go first
+        fresh = [s for s in shorts if s.arrival <= now]
+        assert not e.is_starved(long, now)
+        assert order(e, [long] + fresh, now)[-1] == "long"
+    now = 4.0 * run + 0.01
+    assert e.is_starved(long, now)
+    assert order(e, [long] + shorts, now)[0] == "long"
+    # a short job is starved only at the floor (K x 10 ms is far below it)
+    assert not e.is_starved(shorts[0], 0.99) and e.is_starved(shorts[0], 1.0)
+    # the old adaptive rule would have starved the long job at the 1 s floor already
+    old = est(policy="alise", aging_rate=0.0, max_slowdown=None, min_max_wait_s=1.0)
+    assert old.is_starved(long, 1.5) and order(old, [long] + shorts[:4], 1.5)[0] == "long"
+    # max_wait_s caps the bound; re-prediction (outliving the prediction) raises it
+    assert est(policy="alise", max_slowdown=4.0, max_wait_s=2.0).wait_bound(long) == 2.0
+    ran = job("ran", 500, generated=600, waiting=False, computed=610)
+    assert e.wait_bound(ran) > e.wait_bound(long)
+    with pytest.raises(ValueError):
+        SchedulingConfig(max_slowdown=0)
 
 
 def test_adaptive_max_wait_follows_mean_latency():

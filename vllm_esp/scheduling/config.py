@@ -30,10 +30,19 @@ class SchedulingConfig:
     # max_wait_s (absolute) it goes ahead of every non-starved request. If max_wait_s is None
     # the bound is max_wait_factor x the running mean latency of finished requests (never less
     # than min_max_wait_s), i.e. "no request waits more than a few multiples of the mean".
+    # Bounded slowdown (max_slowdown = K, the default): instead, a request is starved once it
+    # has waited max(min_max_wait_s, K x its own predicted total run time) (prefill of the
+    # prompt + decode of the predicted output, re-predicted as it runs), capped by max_wait_s
+    # if that is set; max_wait_factor is then unused. So short jobs may overtake long ones
+    # during bursts while every wait stays bounded relative to the job's size. K = 9 is
+    # processor sharing's mean wait per second of service at load 0.9, rho / (1 - rho): no
+    # request is made to wait longer, relative to its size, than the "fair" policy would make
+    # it wait on average at that load. max_slowdown None restores the absolute/adaptive rule.
     aging_rate: float = 0.1  # s of estimated work forgiven per s waited
     max_wait_s: float | None = None
     max_wait_factor: float = 4.0
     min_max_wait_s: float = 1.0
+    max_slowdown: float | None = 9.0
     # Length-based preemption (alise only): a waiting request preempts the running request with
     # the longest remaining estimate when that estimate is > preempt_ratio x the waiting one's
     # total estimate. Anti-thrashing: a request that (re)started less than min_run_steps steps
@@ -75,6 +84,8 @@ class SchedulingConfig:
                      "decode_s_per_context_token", "metrics_interval_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"esp.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_slowdown is not None and self.max_slowdown <= 0:
+            raise ValueError(f"esp.max_slowdown must be > 0 or null, got {self.max_slowdown}")
         if self.max_wait_s is not None and self.max_wait_s <= 0:
             raise ValueError(f"esp.max_wait_s must be > 0, got {self.max_wait_s}")
         if self.preempt_overhead_s is not None and self.preempt_overhead_s < 0:

@@ -11,8 +11,11 @@ the estimate as tokens are produced and re-predicts once a request outlives its 
 
 Aging: a waiting request's score is reduced by ``aging_rate`` seconds for every second it waited,
 and a request that has waited ``max_wait`` in total is *starved*: starved requests go before all
-others, oldest first. ``max_wait`` is absolute if configured, else a multiple of the running mean
-latency, so the bound adapts to the load ("a few multiples of the mean").
+others, oldest first. By default (``max_slowdown`` = K) the bound is per request, a bounded
+slowdown: max(``min_max_wait_s``, K x the request's own predicted total run time), capped by
+``max_wait_s`` if set. So a short job may overtake a long one during a burst, but no job waits
+more than K times its own size (re-predicted as it runs). With ``max_slowdown`` None the bound
+is the same for all: ``max_wait_s`` if configured, else a multiple of the running mean latency.
 """
 
 from __future__ import annotations
@@ -125,8 +128,25 @@ class PriorityEstimator:
             return self.cfg.min_max_wait_s
         return max(self.cfg.max_wait_factor * mean, self.cfg.min_max_wait_s)
 
+    def service_time(self, job: JobState) -> float:
+        """Predicted total run time: prefill of the prompt + decode of the whole predicted
+        output (tokens produced so far + predicted remainder, so it grows on re-prediction)."""
+        total = job.generated + self.remaining_tokens(job)
+        return self.time_model.prefill(job.prompt_len) + self.time_model.decode(
+            total, job.prompt_len)
+
+    def wait_bound(self, job: JobState) -> float:
+        """How long ``job`` may wait in total before it is starved."""
+        k = self.cfg.max_slowdown
+        if k is None:
+            return self.max_wait()
+        bound = max(self.cfg.min_max_wait_s, k * self.service_time(job))
+        if self.cfg.max_wait_s is not None:
+            bound = min(bound, self.cfg.max_wait_s)
+        return bound
+
     def is_starved(self, job: JobState, now: float) -> bool:
-        return self.cfg.policy == "alise" and job.total_wait(now) >= self.max_wait()
+        return self.cfg.policy == "alise" and job.total_wait(now) >= self.wait_bound(job)
 
     def key(self, job: JobState, now: float) -> tuple:
         """Sort key: (class, value, arrival, id). Class 0 = starved (FCFS among them)."""

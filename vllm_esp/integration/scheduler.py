@@ -232,9 +232,7 @@ class ESPScheduler(SchedulerInterface):
             for r in reversed(list(self.instances[i].running)):  # vLLM's victims go first
                 if need[i] <= free[i]:
                     break
-                if not self.spans.can_migrate(r) or \
-                        self.spans.held_blocks(i, r.request_id) * self.pool.block_size \
-                        != r.num_computed_tokens:
+                if not self.spans.can_migrate(r, i):
                     continue
                 room = [(free[k] - need[k], -k) for k in range(n)
                         if k != i and k not in self.spans.reserved]

@@ -260,15 +260,15 @@ class SpanManager:
         m = self.schedulers[instance].kv_cache_manager.coordinator.single_type_managers[0]
         return len(m.req_to_blocks.get(rid, ()))
 
-    def can_migrate(self, request: Request) -> bool:
-        """A decoding request at a block boundary (its next token needs a new block)."""
-        rid = request.request_id
-        if rid in self.view_of and self.view_of[rid][0] != rid:
+    def can_migrate(self, request: Request, instance: int) -> bool:
+        """A decoding request on ``instance`` whose next token needs a new block there."""
+        if self._is_shadow(request.request_id):
             return False  # shadows never decode
         if request.sampling_params is None or request.use_structured_output:
             return False
         n = request.num_computed_tokens
-        return n == request.num_tokens - 1 and n % self.block_size == 0
+        return n == request.num_tokens - 1 and \
+            self.held_blocks(instance, request.request_id) * self.block_size == n
 
     def migrate(self, request: Request, src: int, dst: int) -> None:
         """Scale up: the master's KV stays on ``src`` (a parked shadow takes its blocks) and
@@ -323,13 +323,7 @@ class SpanManager:
             return None
         span = self.spans.pop(hit[0])
         real = span.request
-        for j, view in enumerate(span.views):
-            self.view_of.pop(view.request_id, None)
-            sched = self.schedulers[span.holders[j]]
-            if span.parked[j]:
-                sched.running.append(view)  # finish_requests takes it off the running list
-            if view.request_id in sched.requests:
-                sched.finish_requests(view.request_id, RequestStatus.FINISHED_ABORTED)
+        self._finish_views(span, with_real=True)
         real.status = RequestStatus.WAITING
         real.num_computed_tokens = 0
         self.num_recompute += 1
@@ -442,16 +436,20 @@ class SpanManager:
     def release(self, real_id: str) -> None:
         """The real request finished: free every shadow's blocks on its instance."""
         span = self.spans.pop(real_id, None)
-        if span is None:
-            return
+        if span is not None:
+            self._finish_views(span, with_real=False)
+
+    def _finish_views(self, span: SpanningRequest, with_real: bool) -> None:
+        """Free the span's views on their instances (the real request's too if asked)."""
         for j, view in enumerate(span.views):
             self.view_of.pop(view.request_id, None)
-            if view is span.request:
+            if view is span.request and not with_real:
                 continue
             sched = self.schedulers[span.holders[j]]
             if span.parked[j]:
                 sched.running.append(view)  # finish_requests takes it off the running list
-            sched.finish_requests(view.request_id, RequestStatus.FINISHED_ABORTED)
+            if view.request_id in sched.requests:
+                sched.finish_requests(view.request_id, RequestStatus.FINISHED_ABORTED)
 
     def abort(self, real_id: str, status: RequestStatus) -> list[Request]:
         """Client abort of a spanning request (any stage)."""

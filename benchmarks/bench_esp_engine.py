@@ -40,7 +40,6 @@ Writes benchmarks/results/esp_engine.{md,json,png}.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -106,19 +105,6 @@ def _span_bytes(llm) -> int:
         return 0
 
 
-@contextlib.contextmanager
-def _engine_core_in_process(yes: bool):
-    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if yes else "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
-
-
 def _pool_blocks(llm, instances) -> list[int]:
     """Usable blocks per instance as the engine really allocated them."""
     sched = _scheduler(llm)
@@ -179,12 +165,12 @@ def run_longest(llm, capacity: int, args) -> dict:
 def run_config(model: str, instances, args, traces: dict, longest: bool) -> dict:
     from vllm import SamplingParams
 
-    from vllm_esp.testing.engines import close_engine, make_engine
+    from vllm_esp.testing.engines import close_engine, engine_core_in_process, make_engine
 
     pool = int(args.pool_mib * MiB)
     capacity = capacity_tokens(pool) * (instances or 1)
     t0 = time.perf_counter()
-    with _engine_core_in_process(instances is not None and not args.esp_multiprocessing):
+    with engine_core_in_process(instances is not None and not args.esp_multiprocessing):
         llm = make_engine(model, instances, kv_cache_memory_bytes=pool, max_model_len=capacity,
                           disable_log_stats=False)
     res: dict = {"start_s": time.perf_counter() - t0, "max_model_len": capacity}
@@ -204,11 +190,11 @@ def run_config(model: str, instances, args, traces: dict, longest: bool) -> dict
 
 def stock_above_one_pool(model: str, args) -> str:
     """Start stock vLLM with max_model_len one block above its pool: it should refuse."""
-    from vllm_esp.testing.engines import close_engine, make_engine
+    from vllm_esp.testing.engines import close_engine, engine_core_in_process, make_engine
 
     pool = int(args.pool_mib * MiB)
     try:  # in-process so the error is vLLM's own, not "engine core initialization failed"
-        with _engine_core_in_process(True):
+        with engine_core_in_process(True):
             llm = make_engine(model, None, kv_cache_memory_bytes=pool,
                               max_model_len=capacity_tokens(pool) + 2 * BLOCK)
     except Exception as e:  # noqa: BLE001

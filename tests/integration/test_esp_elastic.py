@@ -14,8 +14,15 @@ import pytest
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 
-from tests.integration.test_esp_pooled_kv import _in_process
-from vllm_esp.testing.engines import MiB, close_engine, make_engine
+from vllm_esp.testing.compare import assert_same_outputs
+from vllm_esp.testing.engines import (
+    MiB,
+    close_engine,
+    engine_core_in_process,
+    esp_scheduler,
+    make_engine,
+    record_kv_usage,
+)
 
 INSTANCES = 4
 POOL = 2 * MiB  # per instance: 16 blocks of 128 tokens, 15 usable -> C = 1920 tokens
@@ -63,19 +70,11 @@ def _bytes_case(n_prompt: int, new: int):
 def runs(tiny_models):
     model = tiny_models["llama"]
     out: dict = {}
-    with _in_process():
+    with engine_core_in_process():
         llm = make_engine(model, INSTANCES, kv_cache_memory_bytes=POOL, max_model_len=MAX_LEN)
     try:
-        sched = llm.llm_engine.engine_core.engine_core.scheduler
-        usage: list[list[int]] = []
-        update = sched.update_from_output
-
-        def recording_update(so, mro):
-            result = update(so, mro)
-            usage.append([u.used_blocks for u in sched.pool.usages()])
-            return result
-
-        sched.update_from_output = recording_update
+        sched = esp_scheduler(llm)
+        usage = record_kv_usage(sched)
         out["total"] = [sched.pool.total_blocks(i) for i in range(INSTANCES)]
         out["long"] = llm.generate([_tokens(LONG, 1)], _greedy(16), use_tqdm=False)
         out["long_usage"] = list(usage)
@@ -106,18 +105,9 @@ def runs(tiny_models):
     return out
 
 
-def _same(got, ref):
-    for g, r in zip(got, ref):
-        assert list(g.outputs[0].token_ids) == list(r.outputs[0].token_ids), g.request_id
-        if r.outputs[0].logprobs:
-            for pos, (gl, rl) in enumerate(zip(g.outputs[0].logprobs, r.outputs[0].logprobs)):
-                tok = r.outputs[0].token_ids[pos]
-                assert gl[tok].logprob == pytest.approx(rl[tok].logprob, abs=1e-4)
-
-
 def test_prompt_of_3_5_pools_matches_stock_with_one_big_pool(runs):
     assert all(t * BLOCK == C for t in runs["total"])
-    _same(runs["long"], runs["long_ref"])
+    assert_same_outputs(runs["long"], runs["long_ref"])
     assert len(runs["long"][0].outputs[0].token_ids) == 16
 
 
@@ -144,7 +134,7 @@ def test_plan_byte_count_equals_what_the_workers_sent(runs):
 
 
 def test_36_concurrent_mixed_requests_match_stock(runs):
-    _same(runs["mixed"], runs["mixed_ref"])
+    assert_same_outputs(runs["mixed"], runs["mixed_ref"])
 
 
 def test_pool_accounting_after_the_mixed_run(runs):

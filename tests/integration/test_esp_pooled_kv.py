@@ -9,15 +9,22 @@ per-layer partial attention over the ESP communicator.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 
 import pytest
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 
-from vllm_esp.testing.engines import MiB, close_engine, make_engine
+from vllm_esp.testing.compare import assert_same_outputs
+from vllm_esp.testing.engines import (
+    MiB,
+    close_engine,
+    engine_core_in_process,
+    esp_scheduler,
+    generate_once,
+    make_engine,
+    record_kv_usage,
+)
 
 POOL = 2 * MiB  # per instance: 16 blocks of 128 tokens (1 KiB per token), 15 usable
 MAX_LEN = 3072  # > one pool, <= the sum of two
@@ -43,36 +50,14 @@ def _long_decode_params():  # 500 + 2000 tokens: more than one instance's 1920
     return SamplingParams(temperature=0.0, max_tokens=2000, ignore_eos=True)
 
 
-@contextlib.contextmanager
-def _in_process():
-    """EngineCore in this process: its scheduler is inspectable, its errors surface here."""
-    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
-
-
 @pytest.fixture(scope="module")
 def pooled_run(tiny_models):
-    with _in_process():
+    with engine_core_in_process():
         llm = make_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=POOL,
                           max_model_len=MAX_LEN)
     try:
-        sched = llm.llm_engine.engine_core.engine_core.scheduler
-        usage: list[list[int]] = []
-        update = sched.update_from_output
-
-        def recording_update(so, out):
-            result = update(so, out)
-            usage.append([u.used_blocks for u in sched.pool.usages()])
-            return result
-
-        sched.update_from_output = recording_update
+        sched = esp_scheduler(llm)
+        usage = record_kv_usage(sched)
         outs = llm.generate([_prompt()], _params(), use_tqdm=False)
         run = {"outs": outs, "usage": usage, "stats": sched.esp_stats(),
                "total": [sched.pool.total_blocks(i) for i in range(2)],
@@ -112,12 +97,8 @@ def test_prompt_is_larger_than_one_instance_pool(pooled_run):
 
 
 def test_greedy_tokens_match_stock_with_one_big_pool(pooled_run):
-    ref, got = pooled_run["ref"][0].outputs[0], pooled_run["outs"][0].outputs[0]
-    assert list(got.token_ids) == list(ref.token_ids)
-    assert len(got.token_ids) == NEW
-    for pos, (rl, gl) in enumerate(zip(ref.logprobs, got.logprobs)):
-        tok = ref.token_ids[pos]
-        assert gl[tok].logprob == pytest.approx(rl[tok].logprob, abs=1e-4)
+    assert_same_outputs(pooled_run["outs"], pooled_run["ref"])
+    assert len(pooled_run["outs"][0].outputs[0].token_ids) == NEW
 
 
 def test_kv_spread_over_both_instances_without_replication(pooled_run):
@@ -151,7 +132,7 @@ def test_holders_exchanged_partial_attention(pooled_run):
 
 def test_stock_with_one_pool_of_that_size_refuses(pooled_run, tiny_models):
     # in-process after the ESP engine: the pooled-capacity check must not leak into stock
-    with _in_process(), pytest.raises(ValueError, match="max seq len"):
+    with engine_core_in_process(), pytest.raises(ValueError, match="max seq len"):
         llm = make_engine(tiny_models["llama"], None, kv_cache_memory_bytes=POOL,
                           max_model_len=MAX_LEN)
         close_engine(llm)
@@ -188,31 +169,22 @@ def qwen_run(tiny_models):
     params = [_params(), SamplingParams(temperature=0.0, max_tokens=300, ignore_eos=True,
                                         logprobs=1), _params()]
     run = {}
-    with _in_process():
+    with engine_core_in_process():
         llm = make_engine(tiny_models["qwen2"], 2, kv_cache_memory_bytes=POOL,
                           max_model_len=MAX_LEN, enable_prefix_caching=True)
     try:
-        sched = llm.llm_engine.engine_core.engine_core.scheduler
         run["outs"] = [llm.generate([p], sp, use_tqdm=False)[0] for p, sp in zip(prompts, params)]
-        run["stats"] = sched.esp_stats()
+        run["stats"] = esp_scheduler(llm).esp_stats()
     finally:
         close_engine(llm)
-    ref = make_engine(tiny_models["qwen2"], None, kv_cache_memory_bytes=2 * POOL,
-                      max_model_len=MAX_LEN, enable_prefix_caching=True)
-    try:
-        run["ref"] = ref.generate(prompts, params, use_tqdm=False)
-    finally:
-        close_engine(ref)
+    run["ref"] = generate_once(tiny_models["qwen2"], None, prompts, params,
+                               kv_cache_memory_bytes=2 * POOL, max_model_len=MAX_LEN,
+                               enable_prefix_caching=True)
     return run
 
 
 def test_qwen2_spanning_prefill_scale_up_and_prefix_cache_match_stock(qwen_run):
-    for got, ref in zip(qwen_run["outs"], qwen_run["ref"]):
-        g, r = got.outputs[0], ref.outputs[0]
-        assert list(g.token_ids) == list(r.token_ids)
-        for pos, (gl, rl) in enumerate(zip(g.logprobs, r.logprobs)):
-            tok = r.token_ids[pos]
-            assert gl[tok].logprob == pytest.approx(rl[tok].logprob, abs=1e-4)
+    assert_same_outputs(qwen_run["outs"], qwen_run["ref"])
     stats = qwen_run["stats"]
     assert stats["parallel_prefills"] == 2 and stats["scale_up"] == 1
     assert stats["preemptions"] == [0, 0] and stats["kv_used_blocks"] == [0, 0]
@@ -228,22 +200,18 @@ def alise_run(tiny_models):
               for m in (16, 40, 8, 24, 100, 60)]
     bad = SamplingParams(max_tokens=4, extra_args={"esp_instances": 0})
     run = {}
-    with _in_process():
+    with engine_core_in_process():
         llm = make_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=POOL,
                           max_model_len=MAX_LEN, additional_config={
                               "esp": {"instances": 2, "policy": "alise", "predictor": "online"}})
     try:
         outs = llm.generate(prompts + prompts[1:2], params + [bad], use_tqdm=False)
         run["outs"], run["bad"] = outs[:-1], outs[-1]
-        run["stats"] = llm.llm_engine.engine_core.engine_core.scheduler.esp_stats()
+        run["stats"] = esp_scheduler(llm).esp_stats()
     finally:
         close_engine(llm)
-    ref = make_engine(tiny_models["llama"], None, kv_cache_memory_bytes=2 * POOL,
-                      max_model_len=MAX_LEN)
-    try:
-        run["ref"] = ref.generate(prompts, params, use_tqdm=False)
-    finally:
-        close_engine(ref)
+    run["ref"] = generate_once(tiny_models["llama"], None, prompts, params,
+                               kv_cache_memory_bytes=2 * POOL, max_model_len=MAX_LEN)
     return run
 
 

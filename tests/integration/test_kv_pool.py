@@ -6,7 +6,6 @@ scheduler and its per-instance block pools can be inspected; workers are still p
 
 from __future__ import annotations
 
-import os
 import random
 from types import SimpleNamespace
 
@@ -16,7 +15,14 @@ from vllm.inputs import TokensPrompt
 from vllm.v1.request import RequestStatus
 
 from vllm_esp.integration.kv_pool import DistributedKVPool
-from vllm_esp.testing.engines import MiB, close_engine, make_engine
+from vllm_esp.testing.engines import (
+    MiB,
+    close_engine,
+    engine_core_in_process,
+    esp_scheduler,
+    generate_once,
+    make_engine,
+)
 
 
 # ---- dispatch rule (no engine) ---------------------------------------------------------
@@ -60,19 +66,8 @@ def test_placement_map_reports_blocks_per_instance():
 
 # ---- engine: accounting and preemption -----------------------------------------------------
 def _inproc_engine(model, instances, **kw):
-    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
+    with engine_core_in_process():
         return make_engine(model, instances, **kw)
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
-
-
-def _scheduler(llm):
-    return llm.llm_engine.engine_core.engine_core.scheduler
 
 
 def _workload():
@@ -87,12 +82,7 @@ _ref_cache: dict = {}
 
 def _stock_reference(model):
     if model not in _ref_cache:
-        prompts, params = _workload()
-        ref = make_engine(model, None)
-        try:
-            _ref_cache[model] = ref.generate(prompts, params, use_tqdm=False)
-        finally:
-            close_engine(ref)
+        _ref_cache[model] = generate_once(model, None, *_workload())
     return _ref_cache[model]
 
 
@@ -103,7 +93,7 @@ def preemption_run(tiny_models):
     llm = _inproc_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=2 * MiB,
                          max_model_len=1024)
     try:
-        sched = _scheduler(llm)
+        sched = esp_scheduler(llm)
         outs = llm.generate(prompts, params, use_tqdm=False)
         result = {"outs": outs, "stats": sched.esp_stats(),
                   "instance_of": dict(sched.pool.instance_of),
@@ -141,7 +131,7 @@ def test_alise_policy_inside_esp_instances_matches_stock(tiny_models):
     llm = _inproc_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=2 * MiB,
                          max_model_len=1024, esp_policy="alise", esp_predictor="online")
     try:
-        sched = _scheduler(llm)
+        sched = esp_scheduler(llm)
         assert all(type(s).__name__ == "AliseScheduler" for s in sched.instances)
         outs = llm.generate(prompts, params, use_tqdm=False)
         stats = sched.esp_stats()

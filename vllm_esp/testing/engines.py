@@ -6,7 +6,9 @@ built here from the same keyword set.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 
 MiB = 1 << 20
 
@@ -40,3 +42,46 @@ def close_engine(llm) -> None:
     finally:
         del llm
         gc.collect()
+
+
+def generate_once(model: str, instances: int | None, prompts, params, **overrides):
+    """Build an engine, run one ``generate`` and close it (e.g. a stock reference run)."""
+    llm = make_engine(model, instances, **overrides)
+    try:
+        return llm.generate(prompts, params, use_tqdm=False)
+    finally:
+        close_engine(llm)
+
+
+@contextlib.contextmanager
+def engine_core_in_process(enabled: bool = True):
+    """Engines built inside run their EngineCore in this process (``enabled``: its scheduler
+    is inspectable, its errors surface here) or in its own process; the env is restored."""
+    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if enabled else "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
+
+
+def esp_scheduler(llm):
+    """The ESPScheduler of an engine built under ``engine_core_in_process()``."""
+    return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+def record_kv_usage(scheduler) -> list[list[int]]:
+    """Per-instance used blocks, appended after every step the scheduler finishes."""
+    usage: list[list[int]] = []
+    update = scheduler.update_from_output
+
+    def recording_update(scheduler_output, model_runner_output):
+        result = update(scheduler_output, model_runner_output)
+        usage.append([u.used_blocks for u in scheduler.pool.usages()])
+        return result
+
+    scheduler.update_from_output = recording_update
+    return usage

@@ -36,6 +36,9 @@ class ESPConfig:
     # prefill a request spread over several instances on all of them in one step (sequence
     # parallel) when they have room; False = its chunks run one after another
     parallel_prefill: bool = True
+    # run those parallel prefills as LoongServe's striped ring (balanced work, K/V around the
+    # ring); False = each instance computes its own chunk and asks the earlier chunks' holders
+    ring_prefill: bool = True
 
     def __post_init__(self):
         if not isinstance(self.instances, int) or self.instances < 1:

@@ -129,8 +129,10 @@ def test_decode_bytes_per_step_do_not_depend_on_context_length(runs):
 
 
 def test_plan_byte_count_equals_what_the_workers_sent(runs):
-    sent = [b.get("span_query", 0) + b.get("span_partial", 0) for b in runs["worker_bytes"]]
+    sent = [b.get("span_query", 0) + b.get("span_partial", 0) + b.get("ring_shift", 0)
+            for b in runs["worker_bytes"]]
     assert sent == runs["plan_bytes"]
+    assert all(b.get("ring_shift", 0) > 0 for b in runs["worker_bytes"])
 
 
 def test_36_concurrent_mixed_requests_match_stock(runs):
@@ -150,4 +152,4 @@ def test_pool_accounting_after_the_mixed_run(runs):
 
 def test_long_prompt_prefilled_on_all_four_instances_at_once(runs):
     assert runs["long_stats"]["parallel_prefills"] == 1
-    assert runs["long_stats"]["prefill_instances"] == {4: 1}
+    assert runs["long_stats"]["ring_prefills"] == 1  # as a striped ring over the 4    assert runs["long_stats"]["prefill_instances"] == {4: 1}

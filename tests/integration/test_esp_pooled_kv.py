@@ -113,8 +113,10 @@ def test_kv_spread_over_both_instances_without_replication(pooled_run):
 
 
 def test_prefill_ran_on_both_instances_in_one_step(pooled_run):
-    # an idle engine has room: both chunks are prefilled in the same step (sequence parallel)
+    # an idle engine has room: both chunks are prefilled in the same step (sequence parallel),
+    # as a striped ring
     assert pooled_run["stats"]["parallel_prefills"] == 1
+    assert pooled_run["stats"]["ring_prefills"] == 1
     assert pooled_run["stats"]["prefill_instances"] == {2: 1}
 
 
@@ -123,9 +125,10 @@ def test_pools_all_free_and_spans_released_after_the_run(pooled_run):
     assert pooled_run["open_spans"] == {}
 
 
-def test_holders_exchanged_partial_attention(pooled_run):
+def test_holders_passed_kv_around_the_ring_then_exchanged_decode_attention(pooled_run):
     sent = pooled_run["bytes"]  # one dict per worker (instance order)
-    assert all(b.get("span_query", 0) > 0 or b.get("span_partial", 0) > 0 for b in sent)
+    assert all(b.get("ring_shift", 0) > 0 for b in sent)  # prefill: both sent their stripes
+    # decode: the master asks the other holder for partial attention over its chunk
     assert sum(b.get("span_query", 0) for b in sent) > 0
     assert sum(b.get("span_partial", 0) for b in sent) > 0
 
@@ -187,6 +190,9 @@ def test_qwen2_spanning_prefill_scale_up_and_prefix_cache_match_stock(qwen_run):
     assert_same_outputs(qwen_run["outs"], qwen_run["ref"])
     stats = qwen_run["stats"]
     assert stats["parallel_prefills"] == 2 and stats["scale_up"] == 1
+    # the first spanning prompt ran as a ring; the repeat hit the prefix cache on chunk 0,
+    # so its chunks asked for the earlier chunks' attention instead
+    assert stats["ring_prefills"] == 1
     assert stats["preemptions"] == [0, 0] and stats["kv_used_blocks"] == [0, 0]
 
 

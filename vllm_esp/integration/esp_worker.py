@@ -31,7 +31,9 @@ def _check_internals() -> None:
 
 
 class ESPCPUAttentionImpl(CPUAttentionBackendImpl):
-    """Stock CPU attention, then span attention overwrites the rows of spanning requests."""
+    """Stock CPU attention, then ring prefill and span attention overwrite the rows of
+    spanning requests (the stock kernel's K/V writes for ring rows are overwritten too: every
+    slot of a keep range gets its true token's K/V as the shards pass)."""
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
                 output_scale=None, output_block_scale=None):
@@ -43,6 +45,10 @@ class ESPCPUAttentionImpl(CPUAttentionBackendImpl):
         n = attn_metadata.num_actual_tokens
         q = query[:n].view(n, self.num_heads, self.head_size)
         o = output[:n].view(n, self.num_heads, self.head_size)
+        if ctx.plan.rings:
+            sa.ring_layer(ctx, kv_cache, q, key[:n].reshape(n, self.num_kv_heads, self.head_size),
+                          value[:n].reshape(n, self.num_kv_heads, self.head_size), o,
+                          self.head_size, self.scale, getattr(layer, "isa", None))
         sa.span_layer(ctx, kv_cache, self.num_heads, self.head_size, self.scale,
                       getattr(layer, "isa", None), query=q, output=o)
         return out
@@ -102,7 +108,27 @@ class ESPCPUModelRunner(CPUModelRunner):
             qsl = self.query_start_loc.np
             for i, rid in enumerate(self.input_batch.req_ids[: self.input_batch.num_reqs]):
                 ctx.rows[rid] = (int(qsl[i]), int(qsl[i + 1]))
+            self._load_stripes(ctx)
         return result
+
+    def _load_stripes(self, ctx) -> None:
+        """A ring member's rows compute its stripe: its tokens at their global positions
+        (the scheduler laid out the chunk's rows; the slot mapping stays the chunk's)."""
+        for index, ring in enumerate(ctx.plan.rings):
+            r = ring.member_index(ctx.instance)
+            if r is None:
+                continue
+            member = ring.members[r]
+            a, b = ctx.rows[member.req_id]
+            pos = ctx.ring_positions(index)[r]
+            if b - a != len(pos):
+                raise RuntimeError(f"ESP ring prefill: {member.req_id} has {b - a} rows, "
+                                   f"its stripe {len(pos)} tokens")
+            self.positions[a:b] = pos
+            ids = torch.tensor(member.token_ids, dtype=self.input_ids.cpu.dtype)
+            self.input_ids.cpu[a:b] = ids
+            if self.input_ids.gpu.data_ptr() != self.input_ids.cpu.data_ptr():
+                self.input_ids.gpu[a:b] = ids
 
     def _serve_without_forward(self, ctx) -> None:
         """No tokens here this step, but peers need our chunks: walk the attention layers in

@@ -34,6 +34,8 @@ _SCALARS = {
                    "Instances released by requests after their prefill chunk so far."),
     "parallel_prefills": ("vllm_esp:num_parallel_prefills",
                           "Prefills run over all their instances in one step so far."),
+    "ring_prefills": ("vllm_esp:num_ring_prefills",
+                      "Of those, prefills run as a striped ring (K/V passed around) so far."),
     "span_recompute": ("vllm_esp:num_span_recompute",
                        "Spanning requests preempted (whole pool full) and placed again."),
 }

@@ -90,7 +90,8 @@ class ESPScheduler(SchedulerInterface):
         self.pool = DistributedKVPool(self.instances, block_size)
         # requests larger than one instance's pool: contiguous chunks over instances
         self.spans = SpanManager(self.instances, self.pool, block_size,
-                                 parallel_prefill=self.esp.parallel_prefill)
+                                 parallel_prefill=self.esp.parallel_prefill,
+                                 ring_prefill=self.esp.ring_prefill)
         # spanning requests waiting for free blocks (admitted in order as pools free up), and
         # requests that cannot fit even in idle pools (finished with an error next step)
         self.pending_spans: list[Request] = []
@@ -255,11 +256,17 @@ class ESPScheduler(SchedulerInterface):
     def _count_plan_bytes(self, plan) -> None:
         """Bytes the span attention of this step sends, from the plan's shapes (the workers
         count the same on their communicator)."""
-        q_row, lse_row = self._layer_bytes
+        q_row, lse_row, kv_row = self._layer_bytes
         for s in plan.spans:
             for p in s.peers:
                 self.esp_bytes[s.instance] += s.num_query_tokens * q_row
                 self.esp_bytes[p.instance] += s.num_query_tokens * (q_row + lse_row)
+        for ring in plan.rings:  # member r forwards the shards of r, r-1, ..., r-k+2
+            rows = [m.keep_end - m.keep_begin for m in ring.members]
+            k = len(rows)
+            for r, m in enumerate(ring.members):
+                self.esp_bytes[m.instance] += kv_row * sum(rows[(r - h) % k]
+                                                           for h in range(k - 1))
 
     def get_grammar_bitmask(self, scheduler_output: ESPSchedulerOutput):
         return merge_grammar_outputs([
@@ -381,6 +388,7 @@ class ESPScheduler(SchedulerInterface):
             "scale_down": self.spans.num_scale_down,
             "span_recompute": self.spans.num_recompute,
             "parallel_prefills": self.spans.num_parallel_prefills,
+            "ring_prefills": self.spans.num_ring_prefills,
             "prefill_instances": dict(self.spans.prefill_instances),
             "decode_instances": dict(self.decode_instances),
         }
@@ -410,13 +418,15 @@ class ESPScheduler(SchedulerInterface):
         return out
 
 
-def _attention_row_bytes(vllm_config) -> tuple[int, int]:
-    """Bytes per query token over all layers (and TP ranks): query or output rows, and LSE."""
-    mc = vllm_config.model_config
-    layers = mc.get_num_layers(vllm_config.parallel_config)
-    heads = mc.get_num_attention_heads(vllm_config.parallel_config) \
-        * vllm_config.parallel_config.tensor_parallel_size
-    return layers * heads * mc.get_head_size() * mc.dtype.itemsize, layers * heads * 4
+def _attention_row_bytes(vllm_config) -> tuple[int, int, int]:
+    """Bytes per token over all layers (and TP ranks): a query or output row, its LSE, and
+    its K plus V rows."""
+    mc, pc = vllm_config.model_config, vllm_config.parallel_config
+    layers = mc.get_num_layers(pc)
+    heads = mc.get_num_attention_heads(pc) * pc.tensor_parallel_size
+    kv_heads = mc.get_num_kv_heads(pc) * pc.tensor_parallel_size
+    row = mc.get_head_size() * mc.dtype.itemsize
+    return layers * heads * row, layers * heads * 4, 2 * layers * kv_heads * row
 
 
 def _merge_engine_core_outputs(merged: dict[int, EngineCoreOutputs], client: int,

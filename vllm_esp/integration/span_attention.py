@@ -18,6 +18,8 @@ independent of the chunk sizes. The same function runs inside the attention back
 instance with a forward) and in a layer walk (an instance with nothing scheduled that only
 serves), so every instance enters every layer in the same order and gloo's FIFO matching per
 (peer, tag) pairs the messages.
+
+Ring prefills (``ring_layer``) come first in each layer: see ``span_plan.RingPrefill``.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vllm_esp.integration.span_plan import ESPStepPlan
+from vllm_esp.integration.span_plan import ESPStepPlan, RingPrefill
 from vllm_esp.ops.kv_cache import CpuPagedKV
 from vllm_esp.ops.merge import merge_partials
 from vllm_esp.ops.reference import masked_attention_with_lse
 
 QUERY_TAG = 20
 PARTIAL_TAG = 21
+RING_TAG = 22
+QUERY_BLOCK = 512  # query rows per masked-attention block (bounds the score matrix)
 
 
 @dataclass
@@ -44,6 +48,32 @@ class StepContext:
     instance: int
     comm: object  # ESPCommunicator over the cross-instance group of this TP rank
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # req id -> [start, end)
+    # per ring prefill (by index in plan.rings): each member's positions, as int64 tensors
+    _ring_positions: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    _keep_slots: dict[tuple[int, int], torch.Tensor | None] = field(default_factory=dict)
+
+    def ring_positions(self, index: int) -> list[torch.Tensor]:
+        if index not in self._ring_positions:
+            self._ring_positions[index] = [torch.tensor(p, dtype=torch.int64)
+                                           for p in self.plan.rings[index].positions()]
+        return self._ring_positions[index]
+
+    def keep_slots(self, index: int, me: int, src: int, block_size: int) -> torch.Tensor | None:
+        """Local cache slot of each token of member ``src``'s shard that falls in member
+        ``me``'s keep range, -1 for the others; None if none does."""
+        key = (index, src)
+        if key not in self._keep_slots:
+            m = self.plan.rings[index].members[me]
+            pos = self.ring_positions(index)[src]
+            keep = (pos >= m.keep_begin) & (pos < m.keep_end)
+            slots = None
+            if bool(keep.any()):
+                local = pos[keep] - m.keep_begin
+                blocks = torch.tensor(m.block_ids, dtype=torch.int64)
+                slots = torch.full_like(pos, -1)
+                slots[keep] = blocks[local // block_size] * block_size + local % block_size
+            self._keep_slots[key] = slots
+        return self._keep_slots[key]
 
 
 _comm = None  # (communicator, instance id), set when the worker joins the ESP group
@@ -159,3 +189,68 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
             offset[p.instance] += b - a
         merged, _ = merge_partials(torch.stack(outs), torch.stack(lses))
         output[a:b] = merged.to(output.dtype)
+
+
+def ring_layer(ctx: StepContext, kv_cache: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+               value: torch.Tensor, output: torch.Tensor, head_dim: int, scale: float,
+               isa: str | None) -> None:
+    """One layer of every ring prefill this instance is a member of (in plan order).
+
+    ``query/output [T, Hq, D]`` and ``key/value [T, Hkv, D]`` are this forward's rows; the
+    member's rows hold its stripe (``span_plan.stripes``), with global positions. Per hop the
+    shard in hand is forwarded to the next member while it is attended (causal by global
+    position) and its tokens inside this member's keep range are written to the cache.
+    """
+    layout = _layout(kv_cache, head_dim, isa)
+    for index, ring in enumerate(ctx.plan.rings):
+        r = ring.member_index(ctx.instance)
+        if r is not None:
+            _ring_prefill(ctx, index, ring, r, layout, kv_cache, query, key, value, output,
+                          scale)
+
+
+def _ring_prefill(ctx: StepContext, index: int, ring: RingPrefill, r: int, layout: CpuPagedKV,
+                  kv_cache: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                  value: torch.Tensor, output: torch.Tensor, scale: float) -> None:
+    a, b = ctx.rows[ring.members[r].req_id]
+    positions = ctx.ring_positions(index)
+    group = [m.instance for m in ring.members]
+    k = len(group)
+    q, q_pos = query[a:b].float(), positions[r]
+    shard = [key[a:b].contiguous(), value[a:b].contiguous()]
+    out = lse = None
+    for h in range(k):
+        src = (r - h) % k
+        pending = None
+        if h < k - 1:
+            n_next = len(positions[(r - h - 1) % k])
+            bufs = [shard[0].new_empty((n_next, *shard[0].shape[1:])),
+                    shard[1].new_empty((n_next, *shard[1].shape[1:]))]
+            pending = ctx.comm.ring_shift(shard, bufs, group, tag=RING_TAG)
+        slots = ctx.keep_slots(index, r, src, layout.block_size)
+        if slots is not None:
+            layout.write(kv_cache, shard[0], shard[1], slots)
+        o_h, l_h = _causal_by_position(q, q_pos, shard[0], shard[1], positions[src], scale)
+        out, lse = (o_h, l_h) if out is None else merge_partials(
+            torch.stack([out, o_h]), torch.stack([lse, l_h]))
+        if pending is not None:
+            shard = pending.wait_one()
+    output[a:b] = out.to(output.dtype)
+
+
+def _causal_by_position(q: torch.Tensor, q_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        k_pos: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of ``q`` (float32) over the keys at or before each query's position, in
+    blocks of query rows; keys are sorted by position, so each block reads a prefix of them.
+    Returns ``(out [Tq, Hq, D] float32, lse [Hq, Tq])``; rows that see nothing get -inf."""
+    out = torch.zeros_like(q)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"))
+    for qa in range(0, q.shape[0], QUERY_BLOCK):
+        qb = min(qa + QUERY_BLOCK, q.shape[0])
+        cut = int(torch.searchsorted(k_pos, q_pos[qb - 1], right=True))
+        if cut == 0:
+            continue
+        mask = k_pos[:cut].unsqueeze(0) <= q_pos[qa:qb].unsqueeze(1)
+        out[qa:qb], lse[:, qa:qb] = masked_attention_with_lse(q[qa:qb], k[:cut], v[:cut],
+                                                              mask, scale)
+    return out, lse

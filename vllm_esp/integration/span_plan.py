@@ -11,6 +11,13 @@ An instance whose scheduled request is a local view of a spanning request attend
 KV itself and asks the holders of the earlier chunks for partial attention (output + LSE) over
 theirs, once per layer. The plan tells every instance of the step who asks whom; all shapes
 follow from it, so no metadata travels with the tensors.
+
+A *ring prefill* (LoongServe's striped ring) is how a spanning prompt is prefilled when all
+its chunks run in one step: the instances compute interleaved *stripes* of the prompt (not
+their own chunks), pass their K/V around the ring once per layer, attend each visiting shard
+causally by global position, and each stores the visiting tokens that fall in its own chunk
+(its *keep range*). Every instance then does the same attention work, whatever its chunk's
+position in the prompt.
 """
 
 from __future__ import annotations
@@ -38,6 +45,64 @@ class SpanAttention:
     peers: list[PeerChunk]  # holders of the earlier chunks (all of [0, prefix_len))
 
 
+def stripes(sizes: list[int]) -> list[list[int]]:
+    """Which prompt positions each member of a ring prefill computes.
+
+    Member ``j`` computes ``sizes[j]`` positions (its chunk's length: the rows its scheduler
+    scheduled) spread evenly over the whole prompt, so every member's causal attention work
+    is in proportion to its rows. With equal sizes this is LoongServe's striping (position
+    ``t`` on member ``t % k``). The last position goes to the last member (the master), as its
+    last row: the row vLLM samples from. Returns ascending positions per member.
+    """
+    total = sum(sizes)
+    if total == 0 or any(n < 0 for n in sizes) or sizes[-1] < 1:
+        raise ValueError(f"bad ring prefill sizes {sizes}")
+    left = list(sizes)
+    left[-1] -= 1  # reserved: the last position
+    credit = [0] * len(sizes)
+    out: list[list[int]] = [[] for _ in sizes]
+    for t in range(total - 1):  # smooth weighted round robin over the members with room
+        best = -1
+        for j, n in enumerate(sizes):
+            if left[j]:
+                credit[j] += n
+                if best < 0 or credit[j] > credit[best]:
+                    best = j
+        credit[best] -= total
+        left[best] -= 1
+        out[best].append(t)
+    out[-1].append(total - 1)
+    return out
+
+
+@dataclass(slots=True)
+class RingMember:
+    """One instance's part of a ring prefill."""
+
+    instance: int
+    req_id: str  # the view's request id in that instance's scheduler (and runner)
+    keep_begin: int  # its chunk: prompt positions [keep_begin, keep_end) stored there
+    keep_end: int
+    block_ids: list[int]  # its physical blocks for the chunk, in token order
+    token_ids: list[int]  # prompt token ids at the positions it computes (``stripes``)
+
+
+@dataclass(slots=True)
+class RingPrefill:
+    """A spanning prompt prefilled in one step by all its holders (ring order = chunk order)."""
+
+    members: list[RingMember]
+
+    def positions(self) -> list[list[int]]:
+        return stripes([m.keep_end - m.keep_begin for m in self.members])
+
+    def member_index(self, instance: int) -> int | None:
+        for j, m in enumerate(self.members):
+            if m.instance == instance:
+                return j
+        return None
+
+
 @dataclass(slots=True)
 class ESPStepPlan:
     """Spans scheduled this step; identical on every instance of the engine."""
@@ -46,6 +111,7 @@ class ESPStepPlan:
     # request id -> tokens produced so far, for a request that is new on its instance's
     # runner but already has outputs (scale-up, or placed again after a recompute)
     resume_outputs: dict[str, list[int]] = field(default_factory=dict)
+    rings: list[RingPrefill] = field(default_factory=list)
 
     def asked_by(self, instance: int) -> list[SpanAttention]:
         return [s for s in self.spans if s.instance == instance]
@@ -53,8 +119,14 @@ class ESPStepPlan:
     def served_by(self, instance: int) -> list[tuple[SpanAttention, PeerChunk]]:
         return [(s, p) for s in self.spans for p in s.peers if p.instance == instance]
 
+    def rings_of(self, instance: int) -> list[tuple[RingPrefill, int]]:
+        """The ring prefills this instance is a member of, with its index in each."""
+        found = ((r, r.member_index(instance)) for r in self.rings)
+        return [(r, j) for r, j in found if j is not None]
+
     def involves(self, instance: int) -> bool:
-        return bool(self.asked_by(instance) or self.served_by(instance))
+        return bool(self.asked_by(instance) or self.served_by(instance)
+                    or self.rings_of(instance))
 
 
 PLAN_ATTR = "esp_plan"  # attribute carrying the plan on each per-instance SchedulerOutput

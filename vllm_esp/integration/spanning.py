@@ -28,10 +28,14 @@ Elasticity:
   scratch, exactly like vLLM's recompute preemption.
 
 Prefill is sequence-parallel when the holders have room for it this step: every chunk's view
-is scheduled in the same step, each instance computes its own chunk (global positions, its
-KV written locally) and, layer by layer, sends its queries to the holders of the earlier
-chunks and serves the later chunks' queries (partial attention + LSE merge). Otherwise the
-chunks run one after another. Keep ranges are contiguous, not LoongServe's striped ones.
+is scheduled in the same step. By default it runs as LoongServe's striped ring
+(``span_plan.RingPrefill``): each holder computes an interleaved stripe of the prompt as many
+rows as its chunk has, the stripes' K/V travel around the ring once per layer, and each holder
+keeps the visiting K/V of its own chunk (keep range) in its cache. When a prefix-cache hit
+shortens a chunk, or prompt logprobs need the rows in prompt order, each instance computes its
+own chunk instead and, layer by layer, sends its queries to the holders of the earlier chunks
+(partial attention + LSE merge). When the holders are busy, the chunks run one after another
+with that same query exchange. Keep ranges (what is stored where) are contiguous chunks.
 """
 
 from __future__ import annotations
@@ -44,7 +48,14 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.request import Request, RequestStatus
 
-from vllm_esp.integration.span_plan import ESPStepPlan, PeerChunk, SpanAttention
+from vllm_esp.integration.span_plan import (
+    ESPStepPlan,
+    PeerChunk,
+    RingMember,
+    RingPrefill,
+    SpanAttention,
+    stripes,
+)
 
 logger = init_logger(__name__)
 
@@ -85,11 +96,14 @@ def requested_instances(request: Request) -> int:
 
 
 class SpanManager:
-    def __init__(self, schedulers: list, pool, block_size: int, parallel_prefill: bool = True):
+    def __init__(self, schedulers: list, pool, block_size: int, parallel_prefill: bool = True,
+                 ring_prefill: bool = True):
         self.schedulers = schedulers
         self.pool = pool
         self.block_size = block_size
         self.parallel_prefill = parallel_prefill
+        self.ring_prefill = ring_prefill  # parallel prefills as a striped ring when possible
+        self._rings_now: list[SpanningRequest] = []  # ring prefills of the step being planned
         self.reserved: set[int] = set()  # instances holding a parallel prefill not yet run
         self.spans: dict[str, SpanningRequest] = {}  # real request id -> span
         self.view_of: dict[str, tuple[str, int]] = {}  # view request id -> (real id, chunk)
@@ -100,6 +114,7 @@ class SpanManager:
         self.num_recompute = 0  # spanning requests preempted and placed again
         self.prefill_instances: Counter[int] = Counter()  # instances used per prefill
         self.num_parallel_prefills = 0  # spanning prefills run over all holders at once
+        self.num_ring_prefills = 0  # of those, run as a striped ring
 
     # ---- admission --------------------------------------------------------------------
     def needs_span(self, request: Request) -> bool:
@@ -334,6 +349,8 @@ class SpanManager:
     # ---- the step ---------------------------------------------------------------------
     def build_plan(self, outs: list) -> ESPStepPlan | None:
         self._check_parallel_prefills(outs)
+        rings = [self._ring(span) for span in self._rings_now]
+        in_ring = {m.req_id for r in rings for m in r.members}
         spans, resume = [], {}
         for i, out in enumerate(outs):
             for new in out.scheduled_new_reqs:
@@ -346,8 +363,8 @@ class SpanManager:
                     continue
                 real_id, j = self.view_of[rid]
                 span = self.spans[real_id]
-                if j == 0:
-                    continue  # no earlier chunks: plain local attention
+                if j == 0 or rid in in_ring:
+                    continue  # no earlier chunks (plain local attention), or in a ring
                 begin = span.bounds[j]
                 view = span.views[j]
                 local_blocks = self._block_ids(i, rid)[begin // self.block_size:]
@@ -357,14 +374,39 @@ class SpanManager:
                     local_block_ids=local_blocks,
                     peers=[self._peer_chunk(span, k) for k in range(j)],
                 ))
-        if not spans and not resume:
+        if not spans and not resume and not rings:
             return None
-        return ESPStepPlan(spans, resume)
+        return ESPStepPlan(spans, resume, rings)
+
+    def _ring(self, span: SpanningRequest) -> RingPrefill:
+        """The striped ring of a parallel prefill: member ``j`` is chunk ``j``'s holder; it
+        computes the stripe ``stripes(chunk sizes)[j]`` and keeps chunk ``j``."""
+        bs, tokens = self.block_size, span.request.all_token_ids
+        sizes = [e - b for b, e in zip(span.bounds, span.bounds[1:])]
+        members = []
+        for j, (positions, view) in enumerate(zip(stripes(sizes), span.views)):
+            begin, end = span.bounds[j], span.bounds[j + 1]
+            ids = self._block_ids(span.holders[j], view.request_id)
+            members.append(RingMember(
+                instance=span.holders[j], req_id=view.request_id, keep_begin=begin,
+                keep_end=end, block_ids=ids[begin // bs: -(-end // bs)],
+                token_ids=[tokens[t] for t in positions]))
+        self.num_ring_prefills += 1
+        return RingPrefill(members)
+
+    def _ring_eligible(self, span: SpanningRequest, got: list[int]) -> bool:
+        """Whole chunks computed this step (no prefix-cache hit), and no prompt logprobs
+        (a ring computes rows out of prompt order)."""
+        params = span.request.sampling_params
+        return (self.ring_prefill and len(span.holders) > 1
+                and got == [e - b for b, e in zip(span.bounds, span.bounds[1:])]
+                and (params is None or params.prompt_logprobs is None))
 
     def _check_parallel_prefills(self, outs: list) -> None:
         """A parallel prefill must run all its chunks in this one step: a chunk computed
         without its earlier chunks' KV would be wrong, so a violation stops the engine."""
         self.reserved.clear()
+        self._rings_now = []
         for span in self.spans.values():
             if not span.parallel or span.prefilled:
                 continue
@@ -381,6 +423,8 @@ class SpanManager:
                     f"{span.holders} reach tokens {done} of chunk ends {span.bounds[1:]} "
                     f"in one step (scheduled {got})")
             span.prefilled = True
+            if self._ring_eligible(span, got):
+                self._rings_now.append(span)
 
     def _block_ids(self, instance: int, rid: str) -> list[int]:
         return list(self.schedulers[instance].kv_cache_manager.get_block_ids(rid)[0])

@@ -1,0 +1,37 @@
+"""Which prompt positions each member of a ring prefill computes (pure, no engine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_esp.integration.span_plan import stripes
+
+
+def test_equal_chunks_give_loongserve_striping():
+    assert stripes([4, 4, 4]) == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+
+
+@pytest.mark.parametrize("sizes", [[1920, 1920, 1920, 960], [128, 128, 5], [3, 1], [1],
+                                   [256, 256, 256, 256], [640, 1]])
+def test_every_position_once_rows_as_scheduled_master_samples_the_last(sizes):
+    got = stripes(sizes)
+    assert [len(p) for p in got] == sizes  # each member computes as many rows as it has
+    assert sorted(t for p in got for t in p) == list(range(sum(sizes)))
+    assert all(p == sorted(p) for p in got)  # rows in position order
+    assert got[-1][-1] == sum(sizes) - 1  # the master's last row is the one vLLM samples
+
+
+def test_work_is_balanced_over_members_with_unequal_chunks():
+    """Causal attention work of a row grows with its position: every member's rows have
+    about the same mean position, whatever its chunk's place in the prompt (a contiguous
+    split gives the first chunk 1/7 of the last one's)."""
+    sizes = [1920, 1920, 1920, 960]
+    means = [sum(p) / len(p) for p in stripes(sizes)]
+    assert max(means) / min(means) < 1.01, means
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError):
+        stripes([4, 0])  # the master must compute the last position
+    with pytest.raises(ValueError):
+        stripes([])

@@ -18,3 +18,4 @@ def test_demo_runs_end_to_end_and_spreads_a_request():
     assert "server stopped cleanly" in out.stdout
     assert "spread over 2 instances:" in out.stdout
     assert 'vllm_esp:num_parallel_prefills{engine="0",model_name="tiny"} 1.0' in out.stdout
+    assert 'vllm_esp:num_ring_prefills{engine="0",model_name="tiny"} 1.0' in out.stdout

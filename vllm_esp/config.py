@@ -39,6 +39,11 @@ class ESPConfig:
     # run those parallel prefills as LoongServe's striped ring (balanced work, K/V around the
     # ring); False = each instance computes its own chunk and asks the earlier chunks' holders
     ring_prefill: bool = True
+    # cost profile (path of a `vllm-esp profile` JSON, or a built-in name): the global manager's
+    # batching step then gives each request's prefill the instances that minimise its predicted
+    # time (a ring; the KV stays on one instance when it fits). None = spread only prompts that
+    # outgrow one instance's pool, or that ask for it
+    profile: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.instances, int) or self.instances < 1:
@@ -49,6 +54,13 @@ class ESPConfig:
             raise ValueError(
                 f"--esp-policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}"
             )
+        if self.profile is not None:
+            if not isinstance(self.profile, str):
+                raise ValueError(f"--esp-profile must be a path or a built-in profile name, "
+                                 f"got {self.profile!r}")
+            from vllm_esp.integration.elastic_prefill import load_profile
+
+            load_profile(self.profile)  # fails here, before any process starts
         if self.predictor is not None and self.predictor not in PREDICTOR_CHOICES:
             raise ValueError(f"--esp-predictor must be one of {', '.join(PREDICTOR_CHOICES)}, "
                              f"got {self.predictor!r}")

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         server.post("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1})
         for line in server.get("/metrics").splitlines():  # (stats lag the tokens by a step)
             if re.match(r"vllm_esp:(kv_cache_total_blocks|num_requests_dispatched|"
-                        r"num_spanning_requests|num_parallel_prefills|esp_bytes_sent)\{", line):
+                        r"num_spanning_requests|num_parallel_prefills|num_ring_prefills|"
+                        r"esp_bytes_sent)\{", line):
                 print(f"metric: {line}")
     finally:
         leftovers = server.stop()

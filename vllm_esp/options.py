@@ -30,6 +30,7 @@ ESP_OPTIONS = {
     "esp_policy": "policy",
     "esp_cpu_bind": "cpu_bind",
     "esp_predictor": "predictor",
+    "esp_profile": "profile",
 }
 LENGTH_AWARE_SCHEDULER = "vllm_esp.scheduling.AliseScheduler"
 
@@ -146,6 +147,10 @@ def add_argument_group(parser: argparse.ArgumentParser) -> bool:
                        "Without --executor esp, sjf/alise apply to stock vLLM.")
     group.add_argument("--esp-predictor", choices=PREDICTOR_CHOICES, default=None,
                        help="Output-length predictor of the sjf/alise policies.")
+    group.add_argument("--esp-profile", default=None,
+                       help="Cost profile (a JSON from `vllm-esp profile`, or a built-in name) "
+                       "with which the global manager chooses how many instances prefill each "
+                       "request (default: spread only prompts that outgrow one instance).")
     group.add_argument("--esp-cpu-bind", default=None,
                        help="CPU build: core list per worker, '|'-separated (default: even split).")
     return True

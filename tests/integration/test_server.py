@@ -176,6 +176,8 @@ def test_too_long_prompt_is_rejected_and_server_keeps_serving(servers):
     (["--executor", "esp", "--esp-instances", "0"], "positive integer"),
     (["--executor", "esp", "--pipeline-parallel-size", "2"], "pipeline parallelism"),
     (["--executor", "esp", "--esp-instances", "64"], "exceed this machine's limit"),
+    (["--executor", "esp", "--esp-instances", "2", "--esp-profile", "/nonexistent.json"],
+     "neither a file nor a built-in profile"),
 ])
 def test_bad_esp_options_fail_at_start_with_a_reason(tiny_models, argv, message):
     proc = subprocess.run([*vllm_command(), "serve", tiny_models["llama"], *COMMON, *argv],

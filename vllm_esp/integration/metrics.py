@@ -22,8 +22,8 @@ _GAUGES = {
     "preemptions": ("vllm_esp:num_preemptions", "Preemptions so far on one ESP instance."),
     "dispatched": ("vllm_esp:num_requests_dispatched", "Requests sent to one ESP instance so far."),
     "esp_bytes_sent": ("vllm_esp:esp_bytes_sent",
-                       "Bytes one ESP instance sent for span attention so far (queries, "
-                       "partial outputs and LSE)."),
+                       "Bytes one ESP instance sent for span attention so far (ring-prefill "
+                       "K/V shards; queries, partial outputs and LSE)."),
 }
 # pool-wide counters (no instance label)
 _SCALARS = {

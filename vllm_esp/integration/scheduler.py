@@ -28,6 +28,7 @@ from vllm.v1.request import Request, RequestStatus
 
 from vllm_esp import envs
 from vllm_esp.config import ESPConfig
+from vllm_esp.integration.elastic_prefill import PrefillPlanner, load_profile
 from vllm_esp.integration.kv_pool import DistributedKVPool
 from vllm_esp.integration.span_plan import PLAN_ATTR
 from vllm_esp.integration.spanning import SpanManager
@@ -88,6 +89,9 @@ class ESPScheduler(SchedulerInterface):
             for _ in range(self.esp.instances)
         ]
         self.pool = DistributedKVPool(self.instances, block_size)
+        # the global manager's batching step: prefill parallelism per request (cost profile)
+        self.prefill_planner = PrefillPlanner(load_profile(self.esp.profile), block_size) \
+            if self.esp.profile and self.esp.instances > 1 else None
         # requests larger than one instance's pool: contiguous chunks over instances
         self.spans = SpanManager(self.instances, self.pool, block_size,
                                  parallel_prefill=self.esp.parallel_prefill,
@@ -96,9 +100,15 @@ class ESPScheduler(SchedulerInterface):
         # requests that cannot fit even in idle pools (finished with an error next step)
         self.pending_spans: list[Request] = []
         self.rejected: list[Request] = []
+        self.planned_prefills: Counter[int] = Counter()  # manager's choice: instances -> reqs
         self.num_preemptions = [0] * self.esp.instances  # cumulative, per instance
         self.num_dispatched = [0] * self.esp.instances  # requests sent to each instance
-        self.connector = None  # KV connectors are refused at start-up
+        # only the SwapConnector is accepted (executor check); each instance's scheduler has
+        # its own, so the engine core sees none (no handshake, no transfer params)
+        self.connector = None
+        for s in self.instances:
+            if hasattr(s, "may_swap"):  # length-aware instances: spread requests recompute
+                s.may_swap = self._may_swap
         self.ec_connector = None
         # EngineCore reads the KV manager of "the" scheduler for attention block sizes.
         self.kv_cache_manager = self.instances[0].kv_cache_manager
@@ -111,6 +121,8 @@ class ESPScheduler(SchedulerInterface):
     # ---- requests in and out ----------------------------------------------------------
     def add_request(self, request: Request) -> None:
         instance = self.pool.instance_of.get(request.request_id)
+        if instance is None and self.prefill_planner is not None:
+            self._plan_prefill(request)
         try:
             span = instance is None and self.esp.instances > 1 and self.spans.needs_span(request)
         except ValueError as e:  # a bad per-request ESP option: fail this request only
@@ -128,10 +140,30 @@ class ESPScheduler(SchedulerInterface):
                 self._admit_spans()
             return
         if instance is None:  # a new request (not a streaming-input continuation)
-            instance = self.pool.choose_instance(request)
-            self.pool.assign(request.request_id, instance)
+            self._dispatch(request)
+        else:
+            self.instances[instance].add_request(request)
+
+    def _may_swap(self, request: Request) -> bool:
+        return request.request_id not in self.spans.view_of
+
+    def _plan_prefill(self, request: Request) -> None:
+        """Ask the global manager how many instances should prefill this request."""
+        k = self.prefill_planner.instances_for(request.num_tokens,
+                                               self.spans.blocks_for_parallel_prefill())
+        if k > 1:
+            self.spans.planned_prefill[request.request_id] = k
+        self.planned_prefills[k] += 1
+
+    def _dispatch(self, request: Request) -> None:
+        """A request on one instance, chosen by the pool."""
+        instance = self.pool.choose_instance(request)
+        self.pool.assign(request.request_id, instance)
+        if request.request_id in self._placed_again:
+            self._placed_again.discard(request.request_id)
+        else:
             self.num_dispatched[instance] += 1
-            self.spans.prefill_instances[1] += 1
+        self.spans.prefill_instances[1] += 1
         self.instances[instance].add_request(request)
 
     def _never_fits(self, request: Request) -> bool:
@@ -151,6 +183,9 @@ class ESPScheduler(SchedulerInterface):
             except ValueError:  # not enough free blocks now: wait for requests to finish
                 return
             self.pending_spans.pop(0)
+            if instance is None:  # a parallel prefill was only asked for: run it plainly
+                self._dispatch(request)
+                continue
             self.pool.assign(request.request_id, instance)
             if request.request_id in self._placed_again:
                 self._placed_again.discard(request.request_id)  # dispatched once already
@@ -259,10 +294,12 @@ class ESPScheduler(SchedulerInterface):
         q_row, lse_row, kv_row = self._layer_bytes
         for s in plan.spans:
             for p in s.peers:
+                if p.instance == s.instance:
+                    continue  # an earlier chunk on the asking instance: computed there
                 self.esp_bytes[s.instance] += s.num_query_tokens * q_row
                 self.esp_bytes[p.instance] += s.num_query_tokens * (q_row + lse_row)
         for ring in plan.rings:  # member r forwards the shards of r, r-1, ..., r-k+2
-            rows = [m.keep_end - m.keep_begin for m in ring.members]
+            rows = [m.num_rows for m in ring.members]
             k = len(rows)
             for r, m in enumerate(ring.members):
                 self.esp_bytes[m.instance] += kv_row * sum(rows[(r - h) % k]
@@ -389,6 +426,7 @@ class ESPScheduler(SchedulerInterface):
             "span_recompute": self.spans.num_recompute,
             "parallel_prefills": self.spans.num_parallel_prefills,
             "ring_prefills": self.spans.num_ring_prefills,
+            "planned_prefill_instances": dict(self.planned_prefills),
             "prefill_instances": dict(self.spans.prefill_instances),
             "decode_instances": dict(self.decode_instances),
         }

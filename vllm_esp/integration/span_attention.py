@@ -119,7 +119,9 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
     """One layer of span attention on this instance (asker and/or server)."""
     me, plan, comm = ctx.instance, ctx.plan, ctx.comm
     asked = plan.asked_by(me)
-    served = plan.served_by(me)
+    # an earlier chunk may be on the asking instance itself (a decode scaled up and later
+    # back): that part is computed locally, not sent
+    served = [(s, p) for s, p in plan.served_by(me) if s.instance != me]
     layout = _layout(kv_cache, head_dim, isa)
     if query is not None:
         dtype = query.dtype
@@ -129,7 +131,8 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
     for s in asked:
         a, b = ctx.rows[s.req_id]
         for p in s.peers:
-            q_send[p.instance].append(query[a:b])
+            if p.instance != me:
+                q_send[p.instance].append(query[a:b])
     n_from: dict[int, int] = defaultdict(int)
     for s, _ in served:
         n_from[s.instance] += s.num_query_tokens
@@ -166,7 +169,8 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
     n_to: dict[int, int] = defaultdict(int)
     for s in asked:
         for p in s.peers:
-            n_to[p.instance] += s.num_query_tokens
+            if p.instance != me:
+                n_to[p.instance] += s.num_query_tokens
     recvs = {i: [torch.empty((n, num_heads, head_dim), dtype=dtype),
                  torch.empty((num_heads, n), dtype=torch.float32)] for i, n in n_to.items()}
     pend_p = comm.exchange(sends, recvs, tag=PARTIAL_TAG, op="span_partial") \
@@ -183,6 +187,13 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
         a, b = ctx.rows[s.req_id]
         outs, lses = [local[s.req_id][0]], [local[s.req_id][1]]
         for p in s.peers:
+            if p.instance == me:
+                k, v = _local_kv(layout, kv_cache, p.block_ids, p.num_tokens)
+                mask = torch.ones(b - a, p.num_tokens, dtype=torch.bool)
+                out_p, lse_p = masked_attention_with_lse(query[a:b], k, v, mask, scale)
+                outs.append(out_p)
+                lses.append(lse_p)
+                continue
             o = offset[p.instance]
             outs.append(got[p.instance][0][o:o + (b - a)])
             lses.append(got[p.instance][1][:, o:o + (b - a)])

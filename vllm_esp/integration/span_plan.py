@@ -81,9 +81,10 @@ class RingMember:
 
     instance: int
     req_id: str  # the view's request id in that instance's scheduler (and runner)
-    keep_begin: int  # its chunk: prompt positions [keep_begin, keep_end) stored there
+    num_rows: int  # rows its scheduler scheduled (its chunk's length): the stripe's size
+    keep_begin: int  # prompt positions [keep_begin, keep_end) it stores (may be empty)
     keep_end: int
-    block_ids: list[int]  # its physical blocks for the chunk, in token order
+    block_ids: list[int]  # its physical blocks for the keep range, in token order
     token_ids: list[int]  # prompt token ids at the positions it computes (``stripes``)
 
 
@@ -94,7 +95,7 @@ class RingPrefill:
     members: list[RingMember]
 
     def positions(self) -> list[list[int]]:
-        return stripes([m.keep_end - m.keep_begin for m in self.members])
+        return stripes([m.num_rows for m in self.members])
 
     def member_index(self, instance: int) -> int | None:
         for j, m in enumerate(self.members):

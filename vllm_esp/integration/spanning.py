@@ -75,6 +75,10 @@ class SpanningRequest:
     outputs_to_send: list[int] | None = None
     parallel: bool = False  # all chunks prefilled in one step (sequence parallel)
     prefilled: bool = False  # the parallel prefill step has been scheduled
+    # a ring prefill whose KV all goes to the master (its keep range is the whole prompt):
+    # the other holders only compute (their shadows keep nothing, cache nothing) and leave
+    # right after the prefill step; the request then decodes as a plain request
+    keep_on_master: bool = False
 
     @property
     def master(self) -> int:
@@ -86,13 +90,19 @@ class SpanningRequest:
         return len(self.views) - 1
 
 
-def requested_instances(request: Request) -> int:
-    """Instances the client asked the prompt to be spread over (1 = let ESP decide)."""
+def requested_instances(request: Request, key: str = "esp_instances") -> int:
+    """Instances the client asked for (1 = let ESP decide). ``esp_instances``: the prompt's KV
+    is spread over k instances; ``esp_prefill_instances``: k instances prefill it (a ring) and
+    the KV stays on one instance when it fits there."""
     extra = request.sampling_params.extra_args if request.sampling_params else None
-    k = (extra or {}).get("esp_instances", 1)
+    k = (extra or {}).get(key, 1)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"esp_instances must be a positive integer, got {k!r}")
+        raise ValueError(f"{key} must be a positive integer, got {k!r}")
     return k
+
+
+def requested_prefill_instances(request: Request) -> int:
+    return requested_instances(request, "esp_prefill_instances")
 
 
 class SpanManager:
@@ -104,6 +114,8 @@ class SpanManager:
         self.parallel_prefill = parallel_prefill
         self.ring_prefill = ring_prefill  # parallel prefills as a striped ring when possible
         self._rings_now: list[SpanningRequest] = []  # ring prefills of the step being planned
+        # request id -> instances the global manager gave its prefill (KV kept on one if it fits)
+        self.planned_prefill: dict[str, int] = {}
         self.reserved: set[int] = set()  # instances holding a parallel prefill not yet run
         self.spans: dict[str, SpanningRequest] = {}  # real request id -> span
         self.view_of: dict[str, tuple[str, int]] = {}  # view request id -> (real id, chunk)
@@ -122,10 +134,10 @@ class SpanManager:
         the client asked for it (``extra_args={"esp_instances": k}``)."""
         if self.pool.num_instances < 2 or request.sampling_params is None:
             return False
-        if requested_instances(request) > 1:
+        if max(requested_instances(request), requested_prefill_instances(request),
+               self.planned_prefill.get(request.request_id, 1)) > 1:
             return True
-        need = self.pool.blocks_for(request.num_tokens + 1)
-        return need > max(self.pool.total_blocks(i) for i in range(self.pool.num_instances))
+        return self._outgrows_one_pool(request)
 
     def place(self, request: Request) -> tuple[list[int], list[int]]:
         """Holders and chunk bounds: the master is the instance with most headroom and keeps
@@ -137,7 +149,7 @@ class SpanManager:
         order = sorted(range(n), key=lambda i: (-headroom[i], i))
         master, others = order[0], order[1:]
         tokens = request.num_tokens  # prompt (+ outputs of a request placed again)
-        k = min(requested_instances(request), n)
+        k = min(n, max(requested_instances(request), self.prefill_instances_wanted(request)))
         if k > 1:
             return self._place_evenly(request, order[:k], headroom)
         prefix = max(0, tokens + 1 - headroom[master] * bs)
@@ -162,6 +174,11 @@ class SpanManager:
         bounds.append(tokens)
         return holders, bounds
 
+    def prefill_instances_wanted(self, request: Request) -> int:
+        """Prefill parallelism asked by the client or given by the global manager."""
+        return max(requested_prefill_instances(request),
+                   self.planned_prefill.get(request.request_id, 1))
+
     def _place_evenly(self, request: Request, chosen: list[int],
                       headroom: dict[int, int]) -> tuple[list[int], list[int]]:
         """Equal block-aligned chunks over ``chosen`` (most headroom first = master)."""
@@ -177,19 +194,37 @@ class SpanManager:
                                  f"for its chunk of {size} tokens yet")
         return holders, bounds
 
-    def add(self, request: Request) -> int:
-        holders, bounds = self.place(request)
+    def add(self, request: Request) -> int | None:
+        """Place a request that needs several instances and start its chunks; returns its
+        master. A request asked only for a parallel prefill (its KV fits one instance) is not
+        placed when that cannot run now, as a ring keeping the KV on its master: None, and
+        the caller runs it as a plain request (chunks in turn would only be slower)."""
+        prefill_only = requested_instances(request) == 1 and \
+            self.prefill_instances_wanted(request) > 1 and not self._outgrows_one_pool(request)
+        try:
+            holders, bounds = self.place(request)
+        except ValueError:
+            if prefill_only:  # no room for the chunks now: one instance does it
+                self.planned_prefill.pop(request.request_id, None)
+                return None
+            raise
         span = SpanningRequest(request, holders, bounds)
+        span.parallel = len(holders) > 1 and self.parallel_prefill and \
+            self._room_for_parallel_prefill(span)
+        span.keep_on_master = span.parallel and self._fits_master(span)
+        self.planned_prefill.pop(request.request_id, None)
+        if prefill_only and not span.keep_on_master:
+            return None
+        span.keep_on_master &= prefill_only
         if request.num_output_tokens:
             span.outputs_to_send = list(request.output_token_ids)
         self.spans[request.request_id] = span
-        self.num_spanning += len(holders) > 1
+        self.num_spanning += len(holders) > 1 and not span.keep_on_master
         self.prefill_instances[len(holders)] += 1
-        span.parallel = len(holders) > 1 and self.parallel_prefill and \
-            self._room_for_parallel_prefill(span)
-        logger.info("ESP: request %s (%d tokens) spans instances %s, chunks %s, %s prefill",
+        logger.info("ESP: request %s (%d tokens) spans instances %s, chunks %s, %s prefill%s",
                     request.request_id, request.num_tokens, holders, bounds,
-                    "parallel" if span.parallel else "sequential")
+                    "parallel" if span.parallel else "sequential",
+                    ", KV kept on the master" if span.keep_on_master else "")
         if span.parallel:
             self.num_parallel_prefills += 1
             self.reserved.update(holders)
@@ -198,6 +233,34 @@ class SpanManager:
         else:
             self._start_chunk(span, 0)
         return span.master
+
+    def blocks_for_parallel_prefill(self) -> list[int]:
+        """Free blocks (after their running requests' next step) of the instances that could
+        take part in a parallel prefill next step: not reserved, only decodes running, no
+        KV-holding request queued."""
+        out = []
+        for i, sched in enumerate(self.schedulers):
+            if (i in self.reserved or len(sched.kv_holding_waiting)
+                    or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running)):
+                continue
+            out.append(self.pool.free_blocks(i) - self.blocks_needed(i)
+                       - self.pool.pending_demand(i))
+        return out
+
+    def _outgrows_one_pool(self, request: Request) -> bool:
+        need = self.pool.blocks_for(request.num_tokens + 1)
+        return need > max(self.pool.total_blocks(i) for i in range(self.pool.num_instances))
+
+    def _fits_master(self, span: SpanningRequest) -> bool:
+        """Can the master keep the whole prompt? Then the prefill runs as a ring over all the
+        holders and stores everything on the master (LoongServe's proactive migration): the
+        others are free again after one step and the decode needs no remote attention."""
+        params = span.request.sampling_params
+        master = span.master
+        return (self.ring_prefill and len(span.holders) > 1
+                and (params is None or params.prompt_logprobs is None)
+                and self.pool.blocks_for(span.request.num_tokens + 1) + self.blocks_needed(master)
+                + self.pool.pending_demand(master) <= self.pool.free_blocks(master))
 
     def _room_for_parallel_prefill(self, span: SpanningRequest) -> bool:
         """Will every holder's stock scheduler run its whole chunk in the next step? Only
@@ -231,7 +294,10 @@ class SpanManager:
                         - self.held_blocks(i, r.request_id))
         return need
 
-    def _new_shadow(self, real: Request, j: int, end: int) -> Request:
+    def _new_shadow(self, real: Request, j: int, end: int, keeps_kv: bool = True) -> Request:
+        """A local view of chunk ``j``. One that keeps no KV (``keeps_kv=False``: a compute-only
+        ring member) hashes its blocks under a salt of its own: its lookups never hit (it
+        computes its whole chunk) and its garbage blocks never serve another request."""
         return Request(
             request_id=f"{real.request_id}{SHADOW_SUFFIX}{j}",
             prompt_token_ids=list(real.all_token_ids[:end]),
@@ -243,13 +309,17 @@ class SpanManager:
             # same block hashes as the real request: with prefix caching on, a chunk's full
             # blocks are cached under the true prefix hash (chunk 0 can serve later hits)
             block_hasher=real._block_hasher,
+            cache_salt=real.cache_salt if keeps_kv else f"esp-compute-only:{real.request_id}",
         )
 
     def _start_chunk(self, span: SpanningRequest, j: int) -> None:
         real = span.request
         begin, end = span.bounds[j], span.bounds[j + 1]
-        view = real if j == len(span.holders) - 1 else self._new_shadow(real, j, end)
-        if begin:
+        is_master = j == len(span.holders) - 1
+        view = real if is_master else self._new_shadow(real, j, end, not span.keep_on_master)
+        if begin and is_master and span.keep_on_master:
+            self._allocate_prefix(span.holders[j], view, begin)
+        elif begin:
             self._skip_prefix(span.holders[j], view, begin)
         span.views.append(view)
         span.parked.append(False)
@@ -267,6 +337,17 @@ class SpanManager:
         for m in manager.coordinator.single_type_managers:
             m.req_to_blocks[view.request_id] = [m._null_block] * (begin // m.block_size)
             m.num_cached_block[view.request_id] = begin // m.block_size
+        view.num_computed_tokens = begin
+
+    def _allocate_prefix(self, instance: int, view: Request, begin: int) -> None:
+        """The master of a keep-on-master ring gets real blocks for ``[0, begin)`` (filled by
+        the ring's keep-range writes in the prefill step), admitted as partly computed like
+        ``_skip_prefix``. They count as uncached so that prefix caching hashes them with the
+        rest of the prompt once they are full."""
+        manager = self.schedulers[instance].kv_cache_manager
+        for m in manager.coordinator.single_type_managers:
+            m.req_to_blocks[view.request_id] = m.block_pool.get_new_blocks(begin // m.block_size)
+            m.num_cached_block[view.request_id] = 0
         view.num_computed_tokens = begin
 
     # ---- scale-up ---------------------------------------------------------------------
@@ -386,10 +467,12 @@ class SpanManager:
         members = []
         for j, (positions, view) in enumerate(zip(stripes(sizes), span.views)):
             begin, end = span.bounds[j], span.bounds[j + 1]
+            if span.keep_on_master:  # the master keeps the whole prompt, the others nothing
+                begin, end = (0, end) if view is span.request else (begin, begin)
             ids = self._block_ids(span.holders[j], view.request_id)
             members.append(RingMember(
-                instance=span.holders[j], req_id=view.request_id, keep_begin=begin,
-                keep_end=end, block_ids=ids[begin // bs: -(-end // bs)],
+                instance=span.holders[j], req_id=view.request_id, num_rows=sizes[j],
+                keep_begin=begin, keep_end=end, block_ids=ids[begin // bs: -(-end // bs)],
                 token_ids=[tokens[t] for t in positions]))
         self.num_ring_prefills += 1
         return RingPrefill(members)
@@ -425,6 +508,9 @@ class SpanManager:
             span.prefilled = True
             if self._ring_eligible(span, got):
                 self._rings_now.append(span)
+            elif span.keep_on_master:
+                raise RuntimeError(f"ESP ring prefill of {span.request.request_id} (KV kept on "
+                                   f"the master) cannot run as a ring: scheduled {got}")
 
     def _block_ids(self, instance: int, rid: str) -> list[int]:
         return list(self.schedulers[instance].kv_cache_manager.get_block_ids(rid)[0])
@@ -447,8 +533,15 @@ class SpanManager:
         return hit is not None and hit[0] != rid
 
     def advance(self) -> None:
-        """Park shadows whose chunk is prefilled (scale-down) and start the next chunk."""
+        """Park shadows whose chunk is prefilled (scale-down) and start the next chunk; a
+        keep-on-master ring is over after its prefill step: its shadows are freed and the
+        request is a plain one on the master."""
         for span in list(self.spans.values()):
+            if span.keep_on_master and span.prefilled:
+                self.spans.pop(span.request.request_id)
+                self._finish_views(span, with_real=False)
+                self.num_scale_down += len(span.holders) - 1
+                continue
             for j, view in enumerate(span.views):
                 if view is span.request or span.parked[j]:
                     continue

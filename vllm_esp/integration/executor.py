@@ -296,6 +296,9 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+SWAP_CONNECTOR = "SwapConnector"  # vllm_esp.scheduling.swap_connector: one per instance
+
+
 def _validate(vllm_config, esp: ESPConfig) -> None:
     """Refuse, with a one-line reason, configurations ESP cannot run."""
     pc = vllm_config.parallel_config
@@ -305,8 +308,10 @@ def _validate(vllm_config, esp: ESPConfig) -> None:
         raise ValueError("--executor esp replaces data parallelism; use --esp-instances instead")
     if vllm_config.speculative_config is not None:
         raise ValueError("--executor esp does not support speculative decoding yet")
-    if vllm_config.kv_transfer_config is not None:
-        raise ValueError("--executor esp does not support KV transfer connectors")
+    kvt = vllm_config.kv_transfer_config
+    if kvt is not None and kvt.kv_connector != SWAP_CONNECTOR:
+        raise ValueError(f"--executor esp supports only the {SWAP_CONNECTOR} KV connector "
+                         f"(per-instance swap to host memory), got {kvt.kv_connector}")
     if pc.worker_extension_cls not in ("", None, WORKER_EXTENSION):
         raise ValueError("--executor esp installs its own worker extension; "
                          f"--worker-extension-cls {pc.worker_extension_cls} cannot be combined")

@@ -288,7 +288,8 @@ class AliseScheduler(Scheduler):
         cfg = self.esp
         tokens = request.num_computed_tokens
         recompute_s = self.estimator.recompute_time(tokens)
-        if cfg.swap == "off" or tokens <= 0 or not isinstance(self.connector, SwapConnector):
+        if cfg.swap == "off" or tokens <= 0 or not isinstance(self.connector, SwapConnector) \
+                or not self.may_swap(request):
             return False, recompute_s
         nbytes = self._swap_bytes_for(tokens)
         if self._swap_bytes + nbytes > cfg.swap_space_gib * 2**30:
@@ -299,6 +300,11 @@ class AliseScheduler(Scheduler):
         if cfg.swap == "always" or swap_s < recompute_s:
             return True, swap_s
         return False, recompute_s
+
+    def may_swap(self, request: Request) -> bool:
+        """Whether this request's KV may go to host memory (the ESP scheduler refuses it for
+        the local views of requests spread over instances: those are placed again)."""
+        return True
 
     def _choose_swap(self, request: Request) -> bool:
         return self._restore_plan(request, count=True)[0]

@@ -30,12 +30,15 @@ class PrefillPlanner:
     def __init__(self, cost: CostModel, block_size: int):
         self.cost = cost
         self.block_size = block_size
+        # no more instances than the profile measured: its extrapolation beyond them assumes
+        # ideal scaling (a k = 1 profile would otherwise spread every prompt)
+        self.max_k = max(cost.prefill)
 
     def instances_for(self, prompt_tokens: int, free_blocks: list[int]) -> int:
         """Instances for one prompt, given the free blocks of the instances that could take
         part now. 1 when nothing better is predicted (or nothing fits)."""
-        if prompt_tokens < 1 or len(free_blocks) < 2:
+        if prompt_tokens < 1 or len(free_blocks) < 2 or self.max_k < 2:
             return 1
         _, groups = plan_groups([prompt_tokens], sorted(free_blocks, reverse=True),
-                                self.block_size, self.cost)
+                                self.block_size, self.cost, max_group_size=self.max_k)
         return groups[0].i1 - groups[0].i0 if groups else 1

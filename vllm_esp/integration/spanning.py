@@ -243,8 +243,9 @@ class SpanManager:
             if (i in self.reserved or len(sched.kv_holding_waiting)
                     or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running)):
                 continue
-            out.append(self.pool.free_blocks(i) - self.blocks_needed(i)
-                       - self.pool.pending_demand(i))
+            free = self.pool.free_blocks(i) - self.blocks_needed(i) - self.pool.pending_demand(i)
+            if free > 0:  # a helper holds its chunk's blocks during the step
+                out.append(free)
         return out
 
     def _outgrows_one_pool(self, request: Request) -> bool:

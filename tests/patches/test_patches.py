@@ -95,7 +95,7 @@ def test_cli_executor_esp_folds_into_engine_args():
     assert ea.distributed_executor_backend == "vllm_esp.integration.executor.ESPExecutor"
     assert ea.scheduler_cls == "vllm_esp.integration.scheduler.ESPScheduler"
     assert ea.additional_config["esp"] == {"instances": 3, "tp": 1, "policy": "fcfs",
-                                           "parallel_prefill": True}
+                                           "parallel_prefill": True, "ring_prefill": True}
 
 
 def test_cli_stock_executor_names_pass_through():
@@ -153,6 +153,15 @@ def test_llm_kwargs_translation():
     assert kw["scheduler_cls"].endswith("ESPScheduler")
 
 
+def test_esp_profile_flag_reaches_the_esp_config():
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    args = _serve_parser().parse_args(["--model", "m", "--executor", "esp", "--esp-instances",
+                                       "2", "--esp-profile", "measured_cpu_tiny-llama"])
+    ea = AsyncEngineArgs.from_cli_args(args)
+    assert ea.additional_config["esp"]["profile"] == "measured_cpu_tiny-llama"
+
+
 def test_policy_flags_map_to_the_length_aware_scheduler():
     from vllm_esp.options import apply_to_kwargs
 
@@ -160,7 +169,7 @@ def test_policy_flags_map_to_the_length_aware_scheduler():
                           "additional_config": {"esp": {"aging_rate": 0.5}}})
     assert kw["additional_config"]["esp"] == {"instances": 1, "tp": 1, "policy": "alise",
                                               "predictor": "online", "aging_rate": 0.5,
-                                              "parallel_prefill": True}
+                                              "parallel_prefill": True, "ring_prefill": True}
     # without --executor esp the policy applies to stock vLLM's single scheduler
     kw = apply_to_kwargs({"esp_policy": "sjf", "esp_predictor": "oracle"})
     assert kw["scheduler_cls"] == "vllm_esp.scheduling.AliseScheduler"

@@ -29,8 +29,8 @@ Elasticity:
 
 Prefill is sequence-parallel when the holders have room for it this step: every chunk's view
 is scheduled in the same step. By default it runs as LoongServe's striped ring
-(``span_plan.RingPrefill``): each holder computes an interleaved stripe of the prompt as many
-rows as its chunk has, the stripes' K/V travel around the ring once per layer, and each holder
+(``span_plan.RingPrefill``): each holder computes an interleaved stripe of the prompt (as many
+rows as its chunk has), the stripes' K/V travel around the ring once per layer, and each holder
 keeps the visiting K/V of its own chunk (keep range) in its cache. When a prefix-cache hit
 shortens a chunk, or prompt logprobs need the rows in prompt order, each instance computes its
 own chunk instead and, layer by layer, sends its queries to the holders of the earlier chunks

@@ -114,10 +114,7 @@ class ESPCPUModelRunner(CPUModelRunner):
     def _load_stripes(self, ctx) -> None:
         """A ring member's rows compute its stripe: its tokens at their global positions
         (the scheduler laid out the chunk's rows; the slot mapping stays the chunk's)."""
-        for index, ring in enumerate(ctx.plan.rings):
-            r = ring.member_index(ctx.instance)
-            if r is None:
-                continue
+        for index, ring, r in ctx.plan.rings_of(ctx.instance):
             member = ring.members[r]
             a, b = ctx.rows[member.req_id]
             pos = ctx.ring_positions(index)[r]

@@ -158,13 +158,18 @@ class ESPScheduler(SchedulerInterface):
     def _dispatch(self, request: Request) -> None:
         """A request on one instance, chosen by the pool."""
         instance = self.pool.choose_instance(request)
+        self._assign(request, instance)
+        self.spans.prefill_instances[1] += 1
+        self.instances[instance].add_request(request)
+
+    def _assign(self, request: Request, instance: int) -> None:
+        """Record where the request runs; a request placed again after a preemption was
+        dispatched once already."""
         self.pool.assign(request.request_id, instance)
         if request.request_id in self._placed_again:
             self._placed_again.discard(request.request_id)
         else:
             self.num_dispatched[instance] += 1
-        self.spans.prefill_instances[1] += 1
-        self.instances[instance].add_request(request)
 
     def _never_fits(self, request: Request) -> bool:
         """Even with every pool idle, the whole request must fit the sum of the pools."""
@@ -186,11 +191,7 @@ class ESPScheduler(SchedulerInterface):
             if instance is None:  # a parallel prefill was only asked for: run it plainly
                 self._dispatch(request)
                 continue
-            self.pool.assign(request.request_id, instance)
-            if request.request_id in self._placed_again:
-                self._placed_again.discard(request.request_id)  # dispatched once already
-            else:
-                self.num_dispatched[instance] += 1
+            self._assign(request, instance)
 
     def _take_unplaced(self, request_ids, status: RequestStatus) -> list[Request]:
         """Finish requests the instances never saw (pending or rejected spans)."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vllm_esp.integration.span_plan import ESPStepPlan, RingPrefill
+from vllm_esp.integration.span_plan import ESPStepPlan, PeerChunk, RingPrefill
 from vllm_esp.ops.kv_cache import CpuPagedKV
 from vllm_esp.ops.merge import merge_partials
 from vllm_esp.ops.reference import masked_attention_with_lse
@@ -50,7 +50,7 @@ class StepContext:
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # req id -> [start, end)
     # per ring prefill (by index in plan.rings): each member's positions, as int64 tensors
     _ring_positions: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-    _keep_slots: dict[tuple[int, int], torch.Tensor | None] = field(default_factory=dict)
+    _keep_slots: dict[tuple[int, int, int], torch.Tensor | None] = field(default_factory=dict)
 
     def ring_positions(self, index: int) -> list[torch.Tensor]:
         if index not in self._ring_positions:
@@ -61,7 +61,7 @@ class StepContext:
     def keep_slots(self, index: int, me: int, src: int, block_size: int) -> torch.Tensor | None:
         """Local cache slot of each token of member ``src``'s shard that falls in member
         ``me``'s keep range, -1 for the others; None if none does."""
-        key = (index, src)
+        key = (index, me, src)
         if key not in self._keep_slots:
             m = self.plan.rings[index].members[me]
             pos = self.ring_positions(index)[src]
@@ -113,6 +113,15 @@ def _local_kv(layout: CpuPagedKV, kv_cache: torch.Tensor, block_ids: list[int], 
     return k[:n], v[:n]
 
 
+def _chunk_partial(layout: CpuPagedKV, kv_cache: torch.Tensor, q: torch.Tensor,
+                   chunk: PeerChunk, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial attention of ``q`` over an earlier chunk held here (every key precedes every
+    query: no mask)."""
+    k, v = _local_kv(layout, kv_cache, chunk.block_ids, chunk.num_tokens)
+    mask = torch.ones(q.shape[0], chunk.num_tokens, dtype=torch.bool)
+    return masked_attention_with_lse(q, k, v, mask, scale)
+
+
 def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_dim: int,
                scale: float, isa: str | None, query: torch.Tensor | None = None,
                output: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> None:
@@ -160,9 +169,7 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
             o = offset[s.instance]
             q_s = q_in[o:o + s.num_query_tokens]
             offset[s.instance] += s.num_query_tokens
-            k, v = _local_kv(layout, kv_cache, chunk.block_ids, chunk.num_tokens)
-            mask = torch.ones(q_s.shape[0], chunk.num_tokens, dtype=torch.bool)
-            out_s, lse_s = masked_attention_with_lse(q_s, k, v, mask, scale)
+            out_s, lse_s = _chunk_partial(layout, kv_cache, q_s, chunk, scale)
             p_send[s.instance][0].append(out_s)
             p_send[s.instance][1].append(lse_s)
     sends = {i: [torch.cat(o), torch.cat(l, dim=1)] for i, (o, l) in p_send.items()}
@@ -188,9 +195,7 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
         outs, lses = [local[s.req_id][0]], [local[s.req_id][1]]
         for p in s.peers:
             if p.instance == me:
-                k, v = _local_kv(layout, kv_cache, p.block_ids, p.num_tokens)
-                mask = torch.ones(b - a, p.num_tokens, dtype=torch.bool)
-                out_p, lse_p = masked_attention_with_lse(query[a:b], k, v, mask, scale)
+                out_p, lse_p = _chunk_partial(layout, kv_cache, query[a:b], p, scale)
                 outs.append(out_p)
                 lses.append(lse_p)
                 continue
@@ -213,11 +218,8 @@ def ring_layer(ctx: StepContext, kv_cache: torch.Tensor, query: torch.Tensor, ke
     position) and its tokens inside this member's keep range are written to the cache.
     """
     layout = _layout(kv_cache, head_dim, isa)
-    for index, ring in enumerate(ctx.plan.rings):
-        r = ring.member_index(ctx.instance)
-        if r is not None:
-            _ring_prefill(ctx, index, ring, r, layout, kv_cache, query, key, value, output,
-                          scale)
+    for index, ring, r in ctx.plan.rings_of(ctx.instance):
+        _ring_prefill(ctx, index, ring, r, layout, kv_cache, query, key, value, output, scale)
 
 
 def _ring_prefill(ctx: StepContext, index: int, ring: RingPrefill, r: int, layout: CpuPagedKV,

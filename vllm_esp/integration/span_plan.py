@@ -120,10 +120,11 @@ class ESPStepPlan:
     def served_by(self, instance: int) -> list[tuple[SpanAttention, PeerChunk]]:
         return [(s, p) for s in self.spans for p in s.peers if p.instance == instance]
 
-    def rings_of(self, instance: int) -> list[tuple[RingPrefill, int]]:
-        """The ring prefills this instance is a member of, with its index in each."""
-        found = ((r, r.member_index(instance)) for r in self.rings)
-        return [(r, j) for r, j in found if j is not None]
+    def rings_of(self, instance: int) -> list[tuple[int, RingPrefill, int]]:
+        """``(index in rings, ring, member index)`` of each ring prefill this instance is a
+        member of, in plan order."""
+        found = ((i, r, r.member_index(instance)) for i, r in enumerate(self.rings))
+        return [(i, r, j) for i, r, j in found if j is not None]
 
     def involves(self, instance: int) -> bool:
         return bool(self.asked_by(instance) or self.served_by(instance)

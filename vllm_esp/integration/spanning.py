@@ -85,6 +85,10 @@ class SpanningRequest:
         return self.holders[-1]
 
     @property
+    def chunk_sizes(self) -> list[int]:
+        return [e - b for b, e in zip(self.bounds, self.bounds[1:])]
+
+    @property
     def stage(self) -> int:
         """Index of the most recently started chunk."""
         return len(self.views) - 1
@@ -238,15 +242,20 @@ class SpanManager:
         """Free blocks (after their running requests' next step) of the instances that could
         take part in a parallel prefill next step: not reserved, only decodes running, no
         KV-holding request queued."""
-        out = []
-        for i, sched in enumerate(self.schedulers):
-            if (i in self.reserved or len(sched.kv_holding_waiting)
-                    or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running)):
-                continue
-            free = self.pool.free_blocks(i) - self.blocks_needed(i) - self.pool.pending_demand(i)
-            if free > 0:  # a helper holds its chunk's blocks during the step
-                out.append(free)
-        return out
+        spare = [self._spare_blocks(i) for i in range(len(self.schedulers))
+                 if self._idle_for_parallel_prefill(i)]
+        return [n for n in spare if n > 0]  # a helper holds its chunk's blocks during the step
+
+    def _idle_for_parallel_prefill(self, i: int) -> bool:
+        """Not reserved by another parallel prefill, only decodes running (no chunked prefill
+        competes for the budget), no KV-holding request queued ahead."""
+        sched = self.schedulers[i]
+        return not (i in self.reserved or len(sched.kv_holding_waiting)
+                    or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running))
+
+    def _spare_blocks(self, i: int) -> int:
+        """Free blocks after the running requests' next step and the queued requests' need."""
+        return self.pool.free_blocks(i) - self.blocks_needed(i) - self.pool.pending_demand(i)
 
     def _outgrows_one_pool(self, request: Request) -> bool:
         need = self.pool.blocks_for(request.num_tokens + 1)
@@ -256,28 +265,28 @@ class SpanManager:
         """Can the master keep the whole prompt? Then the prefill runs as a ring over all the
         holders and stores everything on the master (LoongServe's proactive migration): the
         others are free again after one step and the decode needs no remote attention."""
+        return self._ring_possible(span) and \
+            self.pool.blocks_for(span.request.num_tokens + 1) <= self._spare_blocks(span.master)
+
+    def _ring_possible(self, span: SpanningRequest) -> bool:
+        """Rings are on, there is more than one holder, and no prompt logprobs (a ring
+        computes rows out of prompt order)."""
         params = span.request.sampling_params
-        master = span.master
         return (self.ring_prefill and len(span.holders) > 1
-                and (params is None or params.prompt_logprobs is None)
-                and self.pool.blocks_for(span.request.num_tokens + 1) + self.blocks_needed(master)
-                + self.pool.pending_demand(master) <= self.pool.free_blocks(master))
+                and (params is None or params.prompt_logprobs is None))
 
     def _room_for_parallel_prefill(self, span: SpanningRequest) -> bool:
         """Will every holder's stock scheduler run its whole chunk in the next step? Only
         decodes are running there (no chunked prefill competes for the budget), no other
         KV-holding request is queued ahead, the chunk fits the token budget, a request slot
         and the free blocks, and chunk 0 goes to the front of an FCFS queue."""
-        for j, i in enumerate(span.holders):
+        for j, (i, size) in enumerate(zip(span.holders, span.chunk_sizes)):
             sched = self.schedulers[i]
-            size = span.bounds[j + 1] - span.bounds[j]
             threshold = sched.scheduler_config.long_prefill_token_threshold
-            if (i in self.reserved
-                    or len(sched.kv_holding_waiting)
+            if (not self._idle_for_parallel_prefill(i)
                     # chunk 0 holds no KV: it must stay at the head of the waiting queue
                     # while requests keep arriving (a priority queue would reorder it)
                     or (j == 0 and not isinstance(sched.waiting, FCFSRequestQueue))
-                    or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running)
                     or size + len(sched.running) > sched.max_num_scheduled_tokens
                     or (threshold and size > threshold)
                     or len(sched.running) + 1 > sched.max_num_running_reqs
@@ -464,7 +473,7 @@ class SpanManager:
         """The striped ring of a parallel prefill: member ``j`` is chunk ``j``'s holder; it
         computes the stripe ``stripes(chunk sizes)[j]`` and keeps chunk ``j``."""
         bs, tokens = self.block_size, span.request.all_token_ids
-        sizes = [e - b for b, e in zip(span.bounds, span.bounds[1:])]
+        sizes = span.chunk_sizes
         members = []
         for j, (positions, view) in enumerate(zip(stripes(sizes), span.views)):
             begin, end = span.bounds[j], span.bounds[j + 1]
@@ -479,12 +488,8 @@ class SpanManager:
         return RingPrefill(members)
 
     def _ring_eligible(self, span: SpanningRequest, got: list[int]) -> bool:
-        """Whole chunks computed this step (no prefix-cache hit), and no prompt logprobs
-        (a ring computes rows out of prompt order)."""
-        params = span.request.sampling_params
-        return (self.ring_prefill and len(span.holders) > 1
-                and got == [e - b for b, e in zip(span.bounds, span.bounds[1:])]
-                and (params is None or params.prompt_logprobs is None))
+        """A ring is possible and whole chunks are computed this step (no prefix-cache hit)."""
+        return self._ring_possible(span) and got == span.chunk_sizes
 
     def _check_parallel_prefills(self, outs: list) -> None:
         """A parallel prefill must run all its chunks in this one step: a chunk computed

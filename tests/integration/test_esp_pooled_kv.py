@@ -50,6 +50,27 @@ def _long_decode_params():  # 500 + 2000 tokens: more than one instance's 1920
     return SamplingParams(temperature=0.0, max_tokens=2000, ignore_eos=True)
 
 
+def _merge_pair():
+    """A 500 + 1600-token decode outgrows its instance (1920 tokens) at step ~1420, while a
+    10 + 1500-token decode still runs on the other instance with 3 blocks to spare."""
+    prompts = [_long_decode_prompt(), TokensPrompt(prompt_token_ids=[11 + i for i in range(10)])]
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (1600, 1500)]
+    return prompts, params
+
+
+def _ring_batch():
+    """Two prompts that fit one instance, each asked to be spread over both instances: they
+    arrive together, so the second joins the first one's ring prefill."""
+    rng = random.Random(9)
+    prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(8, 512) for _ in range(n)])
+               for n in (700, 1000)]
+    params = [SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=1,
+                             extra_args={"esp_instances": 2}),
+              SamplingParams(temperature=0.8, seed=3, max_tokens=8, ignore_eos=True,
+                             logprobs=1, extra_args={"esp_instances": 2})]
+    return prompts, params
+
+
 @pytest.fixture(scope="module")
 def pooled_run(tiny_models):
     with engine_core_in_process():
@@ -59,16 +80,24 @@ def pooled_run(tiny_models):
         sched = esp_scheduler(llm)
         usage = record_kv_usage(sched)
         outs = llm.generate([_prompt()], _params(), use_tqdm=False)
-        run = {"outs": outs, "usage": usage, "stats": sched.esp_stats(),
+        run = {"outs": outs, "usage": list(usage), "stats": sched.esp_stats(),
                "total": [sched.pool.total_blocks(i) for i in range(2)],
                "spanning": sched.spans.num_spanning, "open_spans": dict(sched.spans.spans),
-               "bytes": llm.collective_rpc("esp_comm_bytes")}
+               "bytes": llm.collective_rpc("esp_comm_bytes"),
+               "calls": llm.collective_rpc("esp_comm_calls")}
+        # two spanning requests that fit together are prefilled in one batched ring
+        run["batch"] = llm.generate(*_ring_batch(), use_tqdm=False)
+        run["batch_stats"] = sched.esp_stats()
+        run["batch_calls"] = llm.collective_rpc("esp_comm_calls")
         # two spanning requests at once do not fit together: the second waits for the first
         run["pair"] = llm.generate([_prompt(), _prompt()], _params(), use_tqdm=False)
         # decode tokens beyond one pool: the decode scales up onto the other instance
         run["grown"] = llm.generate([_long_decode_prompt()], _long_decode_params(),
                                     use_tqdm=False)
         run["grown_stats"] = sched.esp_stats()
+        # the same, but the other instance is busy decoding: the decode joins its batch
+        run["merged"] = llm.generate(*_merge_pair(), use_tqdm=False)
+        run["merged_stats"] = sched.esp_stats()
         # more than max_model_len: refused at the front end, naming the limit
         try:
             llm.generate([TokensPrompt(prompt_token_ids=[7] * (MAX_LEN + 1))],
@@ -85,6 +114,8 @@ def pooled_run(tiny_models):
         run["ref"] = ref.generate([_prompt()], _params(), use_tqdm=False)
         run["grown_ref"] = ref.generate([_long_decode_prompt()], _long_decode_params(),
                                         use_tqdm=False)
+        run["merged_ref"] = ref.generate(*_merge_pair(), use_tqdm=False)
+        run["batch_ref"] = ref.generate(*_ring_batch(), use_tqdm=False)
     finally:
         close_engine(ref)
     return run
@@ -118,6 +149,21 @@ def test_prefill_ran_on_both_instances_in_one_step(pooled_run):
     assert pooled_run["stats"]["parallel_prefills"] == 1
     assert pooled_run["stats"]["ring_prefills"] == 1
     assert pooled_run["stats"]["prefill_instances"] == {2: 1}
+
+
+def test_two_spanning_prompts_share_one_ring_prefill(pooled_run):
+    # the second request joined the first one's parallel prefill: both as rings, in one
+    # batch (one message per hop carries both shards), and each matches stock
+    assert_same_outputs(pooled_run["batch"], pooled_run["batch_ref"])
+    before, after = pooled_run["stats"], pooled_run["batch_stats"]
+    assert after["parallel_prefills"] - before["parallel_prefills"] == 2
+    assert after["ring_prefills"] - before["ring_prefills"] == 2
+    assert after["batched_ring_prefills"] - before["batched_ring_prefills"] == 2
+    # as many ring hops (one per layer with 2 instances) as the single request's prefill
+    single = [c["ring_shift"] for c in pooled_run["calls"]]
+    batched = [a["ring_shift"] - b["ring_shift"]
+               for a, b in zip(pooled_run["batch_calls"], pooled_run["calls"])]
+    assert batched == single and all(n > 0 for n in single)
 
 
 def test_pools_all_free_and_spans_released_after_the_run(pooled_run):
@@ -157,6 +203,19 @@ def test_decode_outgrowing_its_instance_scales_up_without_preemption(pooled_run)
     assert stats["scale_up"] >= 1
     assert stats["preemptions"] == [0, 0]
     assert stats["decode_instances"].get(2, 0) >= 1
+
+
+def test_scale_up_prefers_an_idle_instance_and_merges_into_a_busy_one(pooled_run):
+    # alone, the decode scaled up onto the idle instance: no merge
+    assert pooled_run["grown_stats"]["merge"] == 0
+    # next to another decode, the only instance with room was busy: the decode joined its
+    # batch (LoongServe's merge); no KV moved, nothing was preempted, tokens equal stock
+    assert_same_outputs(pooled_run["merged"], pooled_run["merged_ref"])
+    before, after = pooled_run["grown_stats"], pooled_run["merged_stats"]
+    assert after["scale_up"] - before["scale_up"] == 1
+    assert after["merge"] - before["merge"] == 1
+    assert after["preemptions"] == [0, 0]
+    assert after["kv_used_blocks"] == [0, 0]
 
 
 def test_request_longer_than_the_pooled_limit_is_refused_by_name(pooled_run):

@@ -55,6 +55,28 @@ def test_dispatch_ties_go_to_fewest_requests():
     assert pool.choose_instance(None) == 1
 
 
+def _scale_up_target(running: list[int], free: list[int], need: list[int], src: int = 0,
+                     reserved=()):
+    from vllm_esp.integration.scheduler import ESPScheduler
+
+    fake = SimpleNamespace(instances=[SimpleNamespace(running=[object()] * n) for n in running],
+                           spans=SimpleNamespace(reserved=set(reserved)))
+    fake._decoding = lambda k: ESPScheduler._decoding(fake, k)
+    return ESPScheduler._scale_up_target(fake, src, free, need)
+
+
+def test_scale_up_prefers_an_idle_instance_then_merges_into_the_roomiest_busy_one():
+    # instance 2 is idle with 2 free blocks; instance 1 is busy with 9 spare: idle wins
+    assert _scale_up_target(running=[3, 2, 0], free=[0, 10, 2], need=[1, 1, 0]) == 2
+    # the idle instance has no free block: merge into the busy instance with most room
+    assert _scale_up_target(running=[3, 2, 0, 1], free=[0, 10, 0, 4], need=[1, 1, 0, 0]) == 1
+    # reserved instances (a parallel prefill next step) and the source itself never count
+    assert _scale_up_target(running=[0, 2, 0], free=[9, 3, 8], need=[0, 0, 0],
+                            reserved={2}) == 1
+    # no other instance has a block left: None (vLLM preempts, recompute)
+    assert _scale_up_target(running=[3, 2], free=[0, 1], need=[1, 1]) is None
+
+
 def test_placement_map_reports_blocks_per_instance():
     pool = DistributedKVPool([_fake_instance(10, 20), _fake_instance(10, 20, running=1)],
                              block_size=16)

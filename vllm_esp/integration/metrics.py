@@ -30,12 +30,18 @@ _SCALARS = {
     "spanning_requests": ("vllm_esp:num_spanning_requests",
                           "Requests whose KV was spread over several instances so far."),
     "scale_up": ("vllm_esp:num_scale_up", "Decodes continued on an added instance so far."),
+    "merge": ("vllm_esp:num_merge",
+              "Of the scale-ups, decodes that joined an instance running other decodes (its "
+              "batch and theirs now share it) so far."),
     "scale_down": ("vllm_esp:num_scale_down",
                    "Instances released by requests after their prefill chunk so far."),
     "parallel_prefills": ("vllm_esp:num_parallel_prefills",
                           "Prefills run over all their instances in one step so far."),
     "ring_prefills": ("vllm_esp:num_ring_prefills",
                       "Of those, prefills run as a striped ring (K/V passed around) so far."),
+    "batched_ring_prefills": ("vllm_esp:num_batched_ring_prefills",
+                              "Of the ring prefills, those that shared one ring (one message "
+                              "per hop) with other requests' prefills, so far."),
     "span_recompute": ("vllm_esp:num_span_recompute",
                        "Spanning requests preempted (whole pool full) and placed again."),
 }

@@ -271,15 +271,25 @@ class ESPScheduler(SchedulerInterface):
                     break
                 if not self.spans.can_migrate(r, i):
                     continue
-                room = [(free[k] - need[k], -k) for k in range(n)
-                        if k != i and k not in self.spans.reserved]
-                best, neg_k = max(room, default=(0, 0))
-                if best < 1:
+                dst = self._scale_up_target(i, free, need)
+                if dst is None:
                     return  # the whole pool is full: vLLM preempts (recompute)
-                self.spans.migrate(r, i, -neg_k)
-                self.pool.assign(r.request_id, -neg_k)
+                self.spans.migrate(r, i, dst, merge=self._decoding(dst))
+                self.pool.assign(r.request_id, dst)
                 need[i] -= 1
-                need[-neg_k] += 1
+                need[dst] += 1
+
+    def _decoding(self, instance: int) -> bool:
+        return bool(self.instances[instance].running)
+
+    def _scale_up_target(self, src: int, free: list[int], need: list[int]) -> int | None:
+        """The global manager's order (planner.decode_plan.fix_shortage): an idle instance
+        with a free block first (scale up); else join the decode batch of the busy instance
+        with the most room (a merge: the two batches now share that instance); most room,
+        then the lowest id, within each kind. None when no other instance has a free block."""
+        room = [(not self._decoding(k), free[k] - need[k], -k) for k in range(len(free))
+                if k != src and k not in self.spans.reserved and free[k] - need[k] >= 1]
+        return -max(room)[2] if room else None
 
     def _place_preempted_spans_again(self, preempted_ids) -> None:
         for rid in preempted_ids:
@@ -423,10 +433,12 @@ class ESPScheduler(SchedulerInterface):
             # pool-wide counters
             "spanning_requests": self.spans.num_spanning,
             "scale_up": self.spans.num_scale_up,
+            "merge": self.spans.num_merge,
             "scale_down": self.spans.num_scale_down,
             "span_recompute": self.spans.num_recompute,
             "parallel_prefills": self.spans.num_parallel_prefills,
             "ring_prefills": self.spans.num_ring_prefills,
+            "batched_ring_prefills": self.spans.num_batched_ring_prefills,
             "planned_prefill_instances": dict(self.planned_prefills),
             "prefill_instances": dict(self.spans.prefill_instances),
             "decode_instances": dict(self.decode_instances),

@@ -210,45 +210,63 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
 def ring_layer(ctx: StepContext, kv_cache: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor, output: torch.Tensor, head_dim: int, scale: float,
                isa: str | None) -> None:
-    """One layer of every ring prefill this instance is a member of (in plan order).
+    """One layer of every ring prefill this instance is a member of.
 
     ``query/output [T, Hq, D]`` and ``key/value [T, Hkv, D]`` are this forward's rows; the
-    member's rows hold its stripe (``span_plan.stripes``), with global positions. Per hop the
-    shard in hand is forwarded to the next member while it is attended (causal by global
-    position) and its tokens inside this member's keep range are written to the cache.
+    member's rows hold its stripe (``span_plan.stripes``), with global positions. Rings over
+    the same instances in the same order run as one batch (LoongServe's batched ring): per
+    hop, one message carries every request's shard. The shard in hand is forwarded to the
+    next member while it is attended (causal by global position, per request) and its tokens
+    inside this member's keep ranges are written to the cache. Batches run in the order of
+    their first ring in the plan, the same on every member.
     """
     layout = _layout(kv_cache, head_dim, isa)
-    for index, ring, r in ctx.plan.rings_of(ctx.instance):
-        _ring_prefill(ctx, index, ring, r, layout, kv_cache, query, key, value, output, scale)
+    for batch in ring_batches(ctx.plan, ctx.instance):
+        _ring_prefill(ctx, batch, layout, kv_cache, query, key, value, output, scale)
 
 
-def _ring_prefill(ctx: StepContext, index: int, ring: RingPrefill, r: int, layout: CpuPagedKV,
-                  kv_cache: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
-                  value: torch.Tensor, output: torch.Tensor, scale: float) -> None:
-    a, b = ctx.rows[ring.members[r].req_id]
-    positions = ctx.ring_positions(index)
-    group = [m.instance for m in ring.members]
+def ring_batches(plan: ESPStepPlan, instance: int) -> list[list[tuple[int, RingPrefill, int]]]:
+    """``plan.rings_of(instance)`` grouped by ring (the members' instances, in order)."""
+    batches: dict[tuple[int, ...], list] = {}
+    for index, ring, r in plan.rings_of(instance):
+        batches.setdefault(tuple(m.instance for m in ring.members), []).append((index, ring, r))
+    return list(batches.values())
+
+
+def _ring_prefill(ctx: StepContext, batch: list[tuple[int, RingPrefill, int]],
+                  layout: CpuPagedKV, kv_cache: torch.Tensor, query: torch.Tensor,
+                  key: torch.Tensor, value: torch.Tensor, output: torch.Tensor,
+                  scale: float) -> None:
+    r = batch[0][2]  # this instance's place in the ring (the same in every ring of the batch)
+    group = [m.instance for m in batch[0][1].members]
     k = len(group)
-    q, q_pos = query[a:b].float(), positions[r]
-    shard = [key[a:b].contiguous(), value[a:b].contiguous()]
-    out = lse = None
+    rows = [ctx.rows[ring.members[r].req_id] for _, ring, _ in batch]
+    positions = [ctx.ring_positions(index) for index, _, _ in batch]
+    qs = [query[a:b].float() for a, b in rows]
+    shard = [torch.cat([key[a:b] for a, b in rows]), torch.cat([value[a:b] for a, b in rows])]
+    acc: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(batch)
     for h in range(k):
         src = (r - h) % k
         pending = None
         if h < k - 1:
-            n_next = len(positions[(r - h - 1) % k])
+            n_next = sum(len(p[(r - h - 1) % k]) for p in positions)
             bufs = [shard[0].new_empty((n_next, *shard[0].shape[1:])),
                     shard[1].new_empty((n_next, *shard[1].shape[1:]))]
             pending = ctx.comm.ring_shift(shard, bufs, group, tag=RING_TAG)
-        slots = ctx.keep_slots(index, r, src, layout.block_size)
-        if slots is not None:
-            layout.write(kv_cache, shard[0], shard[1], slots)
-        o_h, l_h = _causal_by_position(q, q_pos, shard[0], shard[1], positions[src], scale)
-        out, lse = (o_h, l_h) if out is None else merge_partials(
-            torch.stack([out, o_h]), torch.stack([lse, l_h]))
+        sizes = [len(p[src]) for p in positions]
+        for x, (index, _, _), k_x, v_x in zip(range(len(batch)), batch,
+                                              shard[0].split(sizes), shard[1].split(sizes)):
+            slots = ctx.keep_slots(index, r, src, layout.block_size)
+            if slots is not None:
+                layout.write(kv_cache, k_x, v_x, slots)
+            o_h, l_h = _causal_by_position(qs[x], positions[x][r], k_x, v_x,
+                                           positions[x][src], scale)
+            acc[x] = (o_h, l_h) if acc[x] is None else merge_partials(
+                torch.stack([acc[x][0], o_h]), torch.stack([acc[x][1], l_h]))
         if pending is not None:
             shard = pending.wait_one()
-    output[a:b] = out.to(output.dtype)
+    for (a, b), (out, _) in zip(rows, acc):
+        output[a:b] = out.to(output.dtype)
 
 
 def _causal_by_position(q: torch.Tensor, q_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -126,11 +126,13 @@ class SpanManager:
         # cumulative counters for /metrics
         self.num_spanning = 0  # requests whose KV was spread over several instances
         self.num_scale_up = 0  # decodes continued on an added instance
+        self.num_merge = 0  # of those, onto an instance running decodes of its own (merge)
         self.num_scale_down = 0  # instances released by a request after its prefill chunk
         self.num_recompute = 0  # spanning requests preempted and placed again
         self.prefill_instances: Counter[int] = Counter()  # instances used per prefill
         self.num_parallel_prefills = 0  # spanning prefills run over all holders at once
         self.num_ring_prefills = 0  # of those, run as a striped ring
+        self.num_batched_ring_prefills = 0  # of those, sharing their ring with other requests
 
     # ---- admission --------------------------------------------------------------------
     def needs_span(self, request: Request) -> bool:
@@ -183,13 +185,16 @@ class SpanManager:
         return max(requested_prefill_instances(request),
                    self.planned_prefill.get(request.request_id, 1))
 
+    def _even_bounds(self, tokens: int, k: int) -> list[int]:
+        """Chunk bounds of ``tokens`` in at most ``k`` equal block-aligned chunks."""
+        chunk = -(-tokens // k)
+        chunk = max(self.block_size, -(-chunk // self.block_size) * self.block_size)
+        return list(range(0, tokens, chunk)) + [tokens]
+
     def _place_evenly(self, request: Request, chosen: list[int],
                       headroom: dict[int, int]) -> tuple[list[int], list[int]]:
         """Equal block-aligned chunks over ``chosen`` (most headroom first = master)."""
-        bs, tokens = self.block_size, request.num_tokens
-        chunk = -(-tokens // len(chosen))
-        chunk = max(bs, -(-chunk // bs) * bs)
-        bounds = list(range(0, tokens, chunk)) + [tokens]
+        bounds = self._even_bounds(request.num_tokens, len(chosen))
         holders = chosen[1:len(bounds) - 1] + chosen[:1]
         for j, i in enumerate(holders):
             size = bounds[j + 1] - bounds[j] + (1 if j == len(holders) - 1 else 0)
@@ -215,6 +220,8 @@ class SpanManager:
         span = SpanningRequest(request, holders, bounds)
         span.parallel = len(holders) > 1 and self.parallel_prefill and \
             self._room_for_parallel_prefill(span)
+        if not span.parallel and not prefill_only and len(holders) > 1 and self.parallel_prefill:
+            span = self._join_pending_ring(request, len(holders)) or span
         span.keep_on_master = span.parallel and self._fits_master(span)
         self.planned_prefill.pop(request.request_id, None)
         if prefill_only and not span.keep_on_master:
@@ -223,20 +230,42 @@ class SpanManager:
         if request.num_output_tokens:
             span.outputs_to_send = list(request.output_token_ids)
         self.spans[request.request_id] = span
-        self.num_spanning += len(holders) > 1 and not span.keep_on_master
-        self.prefill_instances[len(holders)] += 1
+        self.num_spanning += len(span.holders) > 1 and not span.keep_on_master
+        self.prefill_instances[len(span.holders)] += 1
         logger.info("ESP: request %s (%d tokens) spans instances %s, chunks %s, %s prefill%s",
-                    request.request_id, request.num_tokens, holders, bounds,
+                    request.request_id, request.num_tokens, span.holders, span.bounds,
                     "parallel" if span.parallel else "sequential",
                     ", KV kept on the master" if span.keep_on_master else "")
         if span.parallel:
             self.num_parallel_prefills += 1
-            self.reserved.update(holders)
-            for j in range(len(holders)):
+            self.reserved.update(span.holders)
+            for j in range(len(span.holders)):
                 self._start_chunk(span, j)
         else:
             self._start_chunk(span, 0)
         return span.master
+
+    def _join_pending_ring(self, request: Request, k: int) -> SpanningRequest | None:
+        """LoongServe batches several requests in one ring prefill. A spanning request whose
+        own holders are taken by a parallel prefill that has not run yet joins that prefill
+        (same instances, same ring order, equal chunks of its own) when every holder's stock
+        scheduler can run both chunks in the next step; the two then share one ring (one
+        message per hop carries both shards). None if no pending ring can take it."""
+        bounds = self._even_bounds(request.num_tokens, k)
+        if len(bounds) - 1 != k:
+            return None
+        for other in self._pending_parallel():
+            if len(other.holders) != k or not self._ring_possible(other):
+                continue
+            span = SpanningRequest(request, list(other.holders), bounds)
+            if self._ring_possible(span) and self._room_for_parallel_prefill(span, join=True):
+                span.parallel = True
+                return span
+        return None
+
+    def _pending_parallel(self) -> list[SpanningRequest]:
+        """Parallel prefills admitted (chunks queued, holders reserved) but not run yet."""
+        return [s for s in self.spans.values() if s.parallel and not s.prefilled]
 
     def blocks_for_parallel_prefill(self) -> list[int]:
         """Free blocks (after their running requests' next step) of the instances that could
@@ -246,11 +275,14 @@ class SpanManager:
                  if self._idle_for_parallel_prefill(i)]
         return [n for n in spare if n > 0]  # a helper holds its chunk's blocks during the step
 
-    def _idle_for_parallel_prefill(self, i: int) -> bool:
+    def _idle_for_parallel_prefill(self, i: int, pending: frozenset[str] = frozenset()) -> bool:
         """Not reserved by another parallel prefill, only decodes running (no chunked prefill
-        competes for the budget), no KV-holding request queued ahead."""
+        competes for the budget), no KV-holding request queued ahead. ``pending``: the views
+        of the parallel prefills being joined; their reservation and queued chunks are
+        allowed (the caller counts them in the budget)."""
         sched = self.schedulers[i]
-        return not (i in self.reserved or len(sched.kv_holding_waiting)
+        return not ((i in self.reserved and not pending)
+                    or any(r.request_id not in pending for r in sched.kv_holding_waiting)
                     or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running))
 
     def _spare_blocks(self, i: int) -> int:
@@ -275,23 +307,31 @@ class SpanManager:
         return (self.ring_prefill and len(span.holders) > 1
                 and (params is None or params.prompt_logprobs is None))
 
-    def _room_for_parallel_prefill(self, span: SpanningRequest) -> bool:
+    def _room_for_parallel_prefill(self, span: SpanningRequest, join: bool = False) -> bool:
         """Will every holder's stock scheduler run its whole chunk in the next step? Only
         decodes are running there (no chunked prefill competes for the budget), no other
         KV-holding request is queued ahead, the chunk fits the token budget, a request slot
-        and the free blocks, and chunk 0 goes to the front of an FCFS queue."""
+        and the free blocks, and chunk 0 goes to the front of an FCFS queue. ``join``: the
+        chunks of the parallel prefills not run yet share the step (and are counted)."""
+        ahead: dict[int, list[int]] = {}  # instance -> sizes of pending chunks there
+        views: set[str] = set()
+        for other in (self._pending_parallel() if join else ()):
+            for i, size, view in zip(other.holders, other.chunk_sizes, other.views):
+                ahead.setdefault(i, []).append(size)
+                views.add(view.request_id)
         for j, (i, size) in enumerate(zip(span.holders, span.chunk_sizes)):
             sched = self.schedulers[i]
             threshold = sched.scheduler_config.long_prefill_token_threshold
-            if (not self._idle_for_parallel_prefill(i)
+            others = ahead.get(i, [])
+            if (not self._idle_for_parallel_prefill(i, frozenset(views) if join else frozenset())
                     # chunk 0 holds no KV: it must stay at the head of the waiting queue
                     # while requests keep arriving (a priority queue would reorder it)
                     or (j == 0 and not isinstance(sched.waiting, FCFSRequestQueue))
-                    or size + len(sched.running) > sched.max_num_scheduled_tokens
+                    or size + sum(others) + len(sched.running) > sched.max_num_scheduled_tokens
                     or (threshold and size > threshold)
-                    or len(sched.running) + 1 > sched.max_num_running_reqs
-                    or self.pool.blocks_for(size) + self.blocks_needed(i)
-                    > self.pool.free_blocks(i)):
+                    or len(sched.running) + 1 + len(others) > sched.max_num_running_reqs
+                    or self.pool.blocks_for(size) + sum(map(self.pool.blocks_for, others))
+                    + self.blocks_needed(i) > self.pool.free_blocks(i)):
                 return False
         return True
 
@@ -376,9 +416,10 @@ class SpanManager:
         return n == request.num_tokens - 1 and \
             self.held_blocks(instance, request.request_id) * self.block_size == n
 
-    def migrate(self, request: Request, src: int, dst: int) -> None:
+    def migrate(self, request: Request, src: int, dst: int, merge: bool = False) -> None:
         """Scale up: the master's KV stays on ``src`` (a parked shadow takes its blocks) and
-        the real request continues on ``dst`` from its next token."""
+        the real request continues on ``dst`` from its next token. ``merge``: ``dst`` runs
+        decodes of its own, whose batch the request joins (counted apart, LoongServe's merge)."""
         rid, n = request.request_id, request.num_computed_tokens
         span = self.spans.get(rid)
         if span is None:  # a single-instance request outgrowing its instance
@@ -402,8 +443,9 @@ class SpanManager:
         span.outputs_to_send = list(request.output_token_ids)
         self.schedulers[dst].add_request(request)
         self.num_scale_up += 1
-        logger.info("ESP: scale-up of request %s at token %d: instance %d -> %d (holders %s)",
-                    rid, n, src, dst, span.holders)
+        self.num_merge += merge
+        logger.info("ESP: %s of request %s at token %d: instance %d -> %d (holders %s)",
+                    "merge" if merge else "scale-up", rid, n, src, dst, span.holders)
 
     def _hand_over(self, instance: int, request: Request, shadow: Request) -> None:
         """Give ``request``'s blocks on ``instance`` to ``shadow`` (no copy, no free)."""
@@ -441,6 +483,8 @@ class SpanManager:
     def build_plan(self, outs: list) -> ESPStepPlan | None:
         self._check_parallel_prefills(outs)
         rings = [self._ring(span) for span in self._rings_now]
+        groups = Counter(tuple(span.holders) for span in self._rings_now)
+        self.num_batched_ring_prefills += sum(n for n in groups.values() if n > 1)
         in_ring = {m.req_id for r in rings for m in r.members}
         spans, resume = [], {}
         for i, out in enumerate(outs):

@@ -63,3 +63,10 @@ class ESPWorkerExtension:
 
         comm = span_attention._comm
         return dict(comm[0].bytes_by_op) if comm is not None else {}
+
+    def esp_comm_calls(self) -> dict[str, int]:
+        """Calls this worker made on the ESP communicator, per op (one per ring hop, etc.)."""
+        from vllm_esp.integration import span_attention
+
+        comm = span_attention._comm
+        return dict(comm[0].calls_by_op) if comm is not None else {}

@@ -142,13 +142,36 @@ def _paged_setup(layout, lens, hq, seed):
     return cache, bt, kv, q
 
 
-@pytest.mark.parametrize("layout_name", ["cpu", "nhd"])
+def test_flash_layout_is_vllms_flash_attn_cache():
+    """vLLM 0.32's FLASH_ATTN cache is ``[num_blocks, Hkv, block_size, 2 * D]``, K in the first
+    D of the last dim and V in the second (``FlashAttentionImpl.forward``'s docstring and
+    split): token slot s of head h sits at ``[s // bs, h, s % bs]``."""
+    from vllm_esp.ops import FlashPagedKV
+
+    layout = FlashPagedKV(2, 8, 16, torch.float32)
+    cache = layout.allocate(4)
+    assert cache.shape == (4, 2, 16, 16)
+    k, v = torch.randn(5, 2, 8), torch.randn(5, 2, 8)
+    slots = torch.tensor([0, -1, 17, 40, 63])
+    layout.write(cache, k, v, slots)
+    for t, s in enumerate(slots.tolist()):
+        if s < 0:
+            continue
+        torch.testing.assert_close(cache[s // 16, :, s % 16, :8], k[t], rtol=0, atol=0)
+        torch.testing.assert_close(cache[s // 16, :, s % 16, 8:], v[t], rtol=0, atol=0)
+    assert int((cache != 0).sum()) == 4 * 2 * 16  # slot -1 wrote nothing
+    gk, gv = layout.gather(cache, torch.tensor([1, 2]))  # tokens 16..47
+    torch.testing.assert_close(gk[1], k[2], rtol=0, atol=0)
+    torch.testing.assert_close(gv[40 - 16], v[3], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout_name", ["cpu", "nhd", "flash"])
 @pytest.mark.parametrize("d,gqa", [(64, 1), (128, 4)])
 def test_paged_partial_matches_dense(layout_name, d, gqa):
-    from vllm_esp.ops import CpuPagedKV
+    from vllm_esp.ops import CpuPagedKV, FlashPagedKV
 
     hkv = 2
-    cls = CpuPagedKV if layout_name == "cpu" else NhdPagedKV
+    cls = {"cpu": CpuPagedKV, "nhd": NhdPagedKV, "flash": FlashPagedKV}[layout_name]
     layout = cls(hkv, d, 32, torch.float32)
     lens = [0, 1, 31, 32, 33, 100]
     cache, bt, kv, q = _paged_setup(layout, lens, hkv * gqa, 0)

@@ -1,10 +1,12 @@
-"""ESP worker side: a CPU worker whose model runner and attention backend know the step's ESP
+"""ESP worker side: a worker whose model runner and attention backend know the step's ESP
 plan (``worker_cls``; installed by the ESP executor when it runs more than one instance).
 
-Everything here touches private vLLM 0.32 internals (``CPUWorker.init_device`` building the
-runner, ``GPUModelRunner._prepare_inputs`` filling ``query_start_loc`` in ``input_batch``
-order, ``CPUAttentionBackendImpl.forward``, ``Attention.kv_cache``); they are kept in this one
-module and ``_check_internals`` fails loudly when vLLM moves them.
+``ESPRunnerMixin`` is the runner logic, shared by the CPU runner here and the GPU runner in
+``esp_gpu_worker`` (both subclass vLLM's V1 ``GPUModelRunner``). Everything here touches
+private vLLM 0.32 internals (``CPUWorker.init_device`` building the runner,
+``GPUModelRunner._prepare_inputs`` filling ``query_start_loc`` in ``input_batch`` order,
+``CPUAttentionBackendImpl.forward``, ``Attention.kv_cache``); they are kept in these two
+modules and ``check_internals`` fails loudly when vLLM moves them.
 """
 
 from __future__ import annotations
@@ -16,41 +18,55 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 
 from vllm_esp.integration import span_attention as sa
 from vllm_esp.integration.span_plan import PLAN_ATTR
+from vllm_esp.ops.kv_cache import CpuPagedKV
 
 BACKEND_QUALNAME = "vllm_esp.integration.esp_worker.ESPCPUAttentionBackend"
 
 
-def _check_internals() -> None:
+def check_internals(*extra: tuple[type, str]) -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     for owner, name in ((GPUModelRunner, "_prepare_inputs"), (GPUModelRunner, "execute_model"),
-                        (GPUModelRunner, "_update_states"),
-                        (CPUAttentionBackendImpl, "forward"), (CPUWorker, "init_device")):
+                        (GPUModelRunner, "_update_states"), *extra):
         if not callable(getattr(owner, name, None)):
             raise RuntimeError(f"vLLM moved {owner.__name__}.{name}; ESP worker needs review")
 
 
+def cpu_layout(kv_cache: torch.Tensor, head_dim: int, layer) -> CpuPagedKV:
+    """The CPU_ATTN layout of ``kv_cache [num_blocks, Hkv, block_size, 2 * D]``."""
+    return CpuPagedKV(kv_cache.shape[1], head_dim, kv_cache.shape[2], kv_cache.dtype,
+                      isa=getattr(layer, "isa", None))
+
+
+def esp_attention(impl, layout_of, layer, query, key, value, kv_cache, attn_metadata,
+                  output) -> None:
+    """After the stock kernel: ring prefill and span attention overwrite the rows of spanning
+    requests (the stock kernel's K/V writes for ring rows are overwritten too: every slot of
+    a keep range gets its true token's K/V as the shards pass). ``layout_of(kv_cache,
+    head_dim, layer)`` gives the backend's paged layout."""
+    ctx = sa.current()
+    if ctx is None or attn_metadata is None:
+        return
+    n = attn_metadata.num_actual_tokens
+    q = query[:n].view(n, impl.num_heads, impl.head_size)
+    o = output[:n].view(n, impl.num_heads, impl.head_size)
+    layout = layout_of(kv_cache, impl.head_size, layer)
+    if ctx.plan.rings:
+        sa.ring_layer(ctx, kv_cache, layout, q,
+                      key[:n].reshape(n, impl.num_kv_heads, impl.head_size),
+                      value[:n].reshape(n, impl.num_kv_heads, impl.head_size), o, impl.scale)
+    sa.span_layer(ctx, kv_cache, layout, impl.num_heads, impl.scale, query=q, output=o)
+
+
 class ESPCPUAttentionImpl(CPUAttentionBackendImpl):
-    """Stock CPU attention, then ring prefill and span attention overwrite the rows of
-    spanning requests (the stock kernel's K/V writes for ring rows are overwritten too: every
-    slot of a keep range gets its true token's K/V as the shards pass)."""
+    """Stock CPU attention, then ``esp_attention``."""
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
                 output_scale=None, output_block_scale=None):
         out = super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                               output_scale, output_block_scale)
-        ctx = sa.current()
-        if ctx is None or attn_metadata is None:
-            return out
-        n = attn_metadata.num_actual_tokens
-        q = query[:n].view(n, self.num_heads, self.head_size)
-        o = output[:n].view(n, self.num_heads, self.head_size)
-        if ctx.plan.rings:
-            sa.ring_layer(ctx, kv_cache, q, key[:n].reshape(n, self.num_kv_heads, self.head_size),
-                          value[:n].reshape(n, self.num_kv_heads, self.head_size), o,
-                          self.head_size, self.scale, getattr(layer, "isa", None))
-        sa.span_layer(ctx, kv_cache, self.num_heads, self.head_size, self.scale,
-                      getattr(layer, "isa", None), query=q, output=o)
+        esp_attention(self, cpu_layout, layer, query, key, value, kv_cache, attn_metadata,
+                      output)
         return out
 
 
@@ -60,8 +76,13 @@ class ESPCPUAttentionBackend(CPUAttentionBackend):
         return ESPCPUAttentionImpl
 
 
-class ESPCPUModelRunner(CPUModelRunner):
-    """Sets the step's ESP context, records each request's rows, serves peers when idle."""
+class ESPRunnerMixin:
+    """Sets the step's ESP context, records each request's rows, serves peers when idle.
+    Mixed into a vLLM V1 ``GPUModelRunner`` subclass; ``esp_layout`` and ``esp_sampler``
+    say which paged layout its attention backend uses and which sampler draws its tokens."""
+
+    esp_layout = staticmethod(cpu_layout)
+    esp_sampler = "cpu"  # how seeded generators advance per step (see _advance_generator)
 
     def execute_model(self, scheduler_output, intermediate_tensors=None):
         ctx = sa.begin_step(getattr(scheduler_output, PLAN_ATTR, None))
@@ -88,7 +109,8 @@ class ESPCPUModelRunner(CPUModelRunner):
             tokens = resume.get(req_state.req_id)
             if tokens and not req_state.output_token_ids:
                 req_state.output_token_ids.extend(tokens)
-                _advance_generator(req_state, len(tokens), batch.vocab_size, self._fp64_gumbel())
+                _advance_generator(req_state, len(tokens), batch.vocab_size, self._fp64_gumbel(),
+                                   self.esp_sampler)
             return add_request(req_state)
 
         batch.add_request = add_with_outputs
@@ -139,29 +161,38 @@ class ESPCPUModelRunner(CPUModelRunner):
             for name in names:
                 m = layers[name]
                 kv = m.kv_cache[0] if isinstance(m.kv_cache, (list, tuple)) else m.kv_cache
-                sa.span_layer(ctx, kv, m.num_heads, m.head_size, m.impl.scale,
-                              getattr(m, "isa", None), dtype=self.dtype)
+                sa.span_layer(ctx, kv, self.esp_layout(kv, m.head_size, m), m.num_heads,
+                              m.impl.scale, dtype=self.dtype)
 
 
-def _advance_generator(req_state, num_samples: int, vocab_size: int, fp64_gumbel: bool) -> None:
+def _advance_generator(req_state, num_samples: int, vocab_size: int, fp64_gumbel: bool,
+                       sampler: str = "cpu") -> None:
     """A seeded request's generator as it is after ``num_samples`` sampling steps of vLLM's
-    CPU sampler (``TopKTopPSampler.forward_cpu``: one ``randint`` seed per step and request,
-    or one exponential row of ``vocab_size`` when fp64 Gumbel noise is on)."""
+    sampler. ``cpu`` (``TopKTopPSampler.forward_cpu``): one ``randint`` seed per step and
+    request, or one exponential row of ``vocab_size`` when fp64 Gumbel noise is on. ``gpu``
+    (``random_sample``, vLLM's PyTorch sampler): one exponential row of ``vocab_size`` per
+    step, float32 or float64, on the generator's device. (FlashInfer's sampler draws
+    differently; the ESP executor turns it off.)"""
     gen = req_state.generator
     if gen is None:
         return
     for _ in range(num_samples):
-        if fp64_gumbel:
-            torch.empty(vocab_size, dtype=torch.float64).exponential_(generator=gen)
+        if fp64_gumbel or sampler == "gpu":
+            dtype = torch.float64 if fp64_gumbel else torch.float32
+            torch.empty(vocab_size, dtype=dtype, device=gen.device).exponential_(generator=gen)
         else:
             torch.randint(0, 2**31, (1,), generator=gen, dtype=torch.long)
+
+
+class ESPCPUModelRunner(ESPRunnerMixin, CPUModelRunner):
+    pass
 
 
 class ESPCPUWorker(CPUWorker):
     def __init__(self, *args, **kwargs):
         from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-        _check_internals()
+        check_internals((CPUAttentionBackendImpl, "forward"), (CPUWorker, "init_device"))
         register_backend(AttentionBackendEnum.CPU_ATTN, BACKEND_QUALNAME)
         super().__init__(*args, **kwargs)
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from vllm_esp.integration.span_plan import ESPStepPlan, PeerChunk, RingPrefill
-from vllm_esp.ops.kv_cache import CpuPagedKV
 from vllm_esp.ops.merge import merge_partials
 from vllm_esp.ops.reference import masked_attention_with_lse
 
@@ -47,6 +47,7 @@ class StepContext:
     plan: ESPStepPlan
     instance: int
     comm: object  # ESPCommunicator over the cross-instance group of this TP rank
+    device: torch.device = torch.device("cpu")  # of this worker's KV cache and activations
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # req id -> [start, end)
     # per ring prefill (by index in plan.rings): each member's positions, as int64 tensors
     _ring_positions: dict[int, list[torch.Tensor]] = field(default_factory=dict)
@@ -54,8 +55,9 @@ class StepContext:
 
     def ring_positions(self, index: int) -> list[torch.Tensor]:
         if index not in self._ring_positions:
-            self._ring_positions[index] = [torch.tensor(p, dtype=torch.int64)
-                                           for p in self.plan.rings[index].positions()]
+            self._ring_positions[index] = [
+                torch.tensor(p, dtype=torch.int64, device=self.device)
+                for p in self.plan.rings[index].positions()]
         return self._ring_positions[index]
 
     def keep_slots(self, index: int, me: int, src: int, block_size: int) -> torch.Tensor | None:
@@ -69,20 +71,20 @@ class StepContext:
             slots = None
             if bool(keep.any()):
                 local = pos[keep] - m.keep_begin
-                blocks = torch.tensor(m.block_ids, dtype=torch.int64)
+                blocks = torch.tensor(m.block_ids, dtype=torch.int64, device=self.device)
                 slots = torch.full_like(pos, -1)
                 slots[keep] = blocks[local // block_size] * block_size + local % block_size
             self._keep_slots[key] = slots
         return self._keep_slots[key]
 
 
-_comm = None  # (communicator, instance id), set when the worker joins the ESP group
+_comm = None  # (communicator, instance id, device), set when the worker joins the ESP group
 _current: StepContext | None = None
 
 
-def set_communicator(comm, instance: int) -> None:
+def set_communicator(comm, instance: int, device: torch.device | str = "cpu") -> None:
     global _comm
-    _comm = (comm, instance)
+    _comm = (comm, instance, torch.device(device))
 
 
 def begin_step(plan: ESPStepPlan | None) -> StepContext | None:
@@ -90,7 +92,7 @@ def begin_step(plan: ESPStepPlan | None) -> StepContext | None:
     _current = None
     if plan is None or _comm is None or not plan.involves(_comm[1]):
         return None
-    _current = StepContext(plan, _comm[1], _comm[0])
+    _current = StepContext(plan, _comm[1], _comm[0], _comm[2])
     return _current
 
 
@@ -103,27 +105,36 @@ def current() -> StepContext | None:
     return _current
 
 
-def _layout(kv_cache: torch.Tensor, head_dim: int, isa: str | None) -> CpuPagedKV:
-    return CpuPagedKV(kv_cache.shape[1], head_dim, kv_cache.shape[2], kv_cache.dtype, isa=isa)
+class PagedLayout(Protocol):
+    """A paged KV layout of ``vllm_esp.ops.kv_cache`` (``CpuPagedKV`` on the CPU engine,
+    ``FlashPagedKV`` on the GPU one): what the span attention reads and writes through."""
+
+    head_dim: int
+    block_size: int
+
+    def write(self, kv_cache, key, value, slot_mapping) -> None: ...
+
+    def gather(self, kv_cache, block_ids) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def _local_kv(layout: CpuPagedKV, kv_cache: torch.Tensor, block_ids: list[int], n: int):
-    ids = torch.tensor(block_ids[: -(-n // layout.block_size)], dtype=torch.int64)
+def _local_kv(layout: PagedLayout, kv_cache: torch.Tensor, block_ids: list[int], n: int):
+    ids = torch.tensor(block_ids[: -(-n // layout.block_size)], dtype=torch.int64,
+                       device=kv_cache.device)
     k, v = layout.gather(kv_cache, ids)
     return k[:n], v[:n]
 
 
-def _chunk_partial(layout: CpuPagedKV, kv_cache: torch.Tensor, q: torch.Tensor,
+def _chunk_partial(layout: PagedLayout, kv_cache: torch.Tensor, q: torch.Tensor,
                    chunk: PeerChunk, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Partial attention of ``q`` over an earlier chunk held here (every key precedes every
     query: no mask)."""
     k, v = _local_kv(layout, kv_cache, chunk.block_ids, chunk.num_tokens)
-    mask = torch.ones(q.shape[0], chunk.num_tokens, dtype=torch.bool)
+    mask = torch.ones(q.shape[0], chunk.num_tokens, dtype=torch.bool, device=q.device)
     return masked_attention_with_lse(q, k, v, mask, scale)
 
 
-def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_dim: int,
-               scale: float, isa: str | None, query: torch.Tensor | None = None,
+def span_layer(ctx: StepContext, kv_cache: torch.Tensor, layout: PagedLayout, num_heads: int,
+               scale: float, query: torch.Tensor | None = None,
                output: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> None:
     """One layer of span attention on this instance (asker and/or server)."""
     me, plan, comm = ctx.instance, ctx.plan, ctx.comm
@@ -131,7 +142,7 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
     # an earlier chunk may be on the asking instance itself (a decode scaled up and later
     # back): that part is computed locally, not sent
     served = [(s, p) for s, p in plan.served_by(me) if s.instance != me]
-    layout = _layout(kv_cache, head_dim, isa)
+    head_dim, dev = layout.head_dim, kv_cache.device
     if query is not None:
         dtype = query.dtype
 
@@ -146,7 +157,8 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
     for s, _ in served:
         n_from[s.instance] += s.num_query_tokens
     sends = {i: [torch.cat(ts)] for i, ts in q_send.items()}
-    recvs = {i: [torch.empty((n, num_heads, head_dim), dtype=dtype)] for i, n in n_from.items()}
+    recvs = {i: [torch.empty((n, num_heads, head_dim), dtype=dtype, device=dev)]
+             for i, n in n_from.items()}
     pend_q = comm.exchange(sends, recvs, tag=QUERY_TAG, op="span_query") \
         if (sends or recvs) else None
 
@@ -156,7 +168,8 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
         a, b = ctx.rows[s.req_id]
         n, m = b - a, s.local_len
         k, v = _local_kv(layout, kv_cache, s.local_block_ids, m)
-        mask = torch.arange(m).unsqueeze(0) <= (torch.arange(n) + (m - n)).unsqueeze(1)
+        mask = torch.arange(m, device=dev).unsqueeze(0) <= (
+            torch.arange(n, device=dev) + (m - n)).unsqueeze(1)
         local[s.req_id] = masked_attention_with_lse(query[a:b], k, v, mask, scale)
 
     # 3. serve: attention of received queries over our earlier chunk, sent back
@@ -178,8 +191,9 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
         for p in s.peers:
             if p.instance != me:
                 n_to[p.instance] += s.num_query_tokens
-    recvs = {i: [torch.empty((n, num_heads, head_dim), dtype=dtype),
-                 torch.empty((num_heads, n), dtype=torch.float32)] for i, n in n_to.items()}
+    recvs = {i: [torch.empty((n, num_heads, head_dim), dtype=dtype, device=dev),
+                 torch.empty((num_heads, n), dtype=torch.float32, device=dev)]
+             for i, n in n_to.items()}
     pend_p = comm.exchange(sends, recvs, tag=PARTIAL_TAG, op="span_partial") \
         if (sends or recvs) else None
 
@@ -207,9 +221,9 @@ def span_layer(ctx: StepContext, kv_cache: torch.Tensor, num_heads: int, head_di
         output[a:b] = merged.to(output.dtype)
 
 
-def ring_layer(ctx: StepContext, kv_cache: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
-               value: torch.Tensor, output: torch.Tensor, head_dim: int, scale: float,
-               isa: str | None) -> None:
+def ring_layer(ctx: StepContext, kv_cache: torch.Tensor, layout: PagedLayout,
+               query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               output: torch.Tensor, scale: float) -> None:
     """One layer of every ring prefill this instance is a member of.
 
     ``query/output [T, Hq, D]`` and ``key/value [T, Hkv, D]`` are this forward's rows; the
@@ -220,7 +234,6 @@ def ring_layer(ctx: StepContext, kv_cache: torch.Tensor, query: torch.Tensor, ke
     inside this member's keep ranges are written to the cache. Batches run in the order of
     their first ring in the plan, the same on every member.
     """
-    layout = _layout(kv_cache, head_dim, isa)
     for batch in ring_batches(ctx.plan, ctx.instance):
         _ring_prefill(ctx, batch, layout, kv_cache, query, key, value, output, scale)
 
@@ -234,7 +247,7 @@ def ring_batches(plan: ESPStepPlan, instance: int) -> list[list[tuple[int, RingP
 
 
 def _ring_prefill(ctx: StepContext, batch: list[tuple[int, RingPrefill, int]],
-                  layout: CpuPagedKV, kv_cache: torch.Tensor, query: torch.Tensor,
+                  layout: PagedLayout, kv_cache: torch.Tensor, query: torch.Tensor,
                   key: torch.Tensor, value: torch.Tensor, output: torch.Tensor,
                   scale: float) -> None:
     r = batch[0][2]  # this instance's place in the ring (the same in every ring of the batch)
@@ -275,7 +288,7 @@ def _causal_by_position(q: torch.Tensor, q_pos: torch.Tensor, k: torch.Tensor, v
     blocks of query rows; keys are sorted by position, so each block reads a prefix of them.
     Returns ``(out [Tq, Hq, D] float32, lse [Hq, Tq])``; rows that see nothing get -inf."""
     out = torch.zeros_like(q)
-    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"))
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), device=q.device)
     for qa in range(0, q.shape[0], QUERY_BLOCK):
         qb = min(qa + QUERY_BLOCK, q.shape[0])
         cut = int(torch.searchsorted(k_pos, q_pos[qb - 1], right=True))

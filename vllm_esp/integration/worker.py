@@ -32,7 +32,9 @@ class ESPWorkerExtension:
         from vllm_esp.comm.communicator import ESPCommunicator
         from vllm_esp.integration import span_attention
 
-        span_attention.set_communicator(ESPCommunicator(self.esp_group, instance), instance)
+        device = "cpu" if backend == "gloo" else torch.device("cuda", torch.cuda.current_device())
+        span_attention.set_communicator(ESPCommunicator(self.esp_group, instance), instance,
+                                        device)
 
     def esp_ring_shift(self, values: list[float]) -> list[float]:
         """Send ``[own instance id] + values`` to the next instance; return what arrived.

@@ -7,7 +7,7 @@ CPU KV layout, a Triton kernel or the flash-attn path is first used.
 from vllm_esp.ops.dispatch import OpsBackends, select_backends
 from vllm_esp.ops.distributed_decode import distributed_decode_attention
 from vllm_esp.ops.hop_attention import stripe_hop_attention
-from vllm_esp.ops.kv_cache import CpuPagedKV, NhdPagedKV
+from vllm_esp.ops.kv_cache import CpuPagedKV, FlashPagedKV, NhdPagedKV
 from vllm_esp.ops.merge import merge_partials, merge_two
 from vllm_esp.ops.paged_attention import paged_attention_with_lse
 from vllm_esp.ops.plan import (
@@ -23,6 +23,7 @@ from vllm_esp.ops.ring_prefill import ring_prefill_attention
 
 __all__ = [
     "CpuPagedKV",
+    "FlashPagedKV",
     "DecodePlan",
     "NhdPagedKV",
     "OpsBackends",

@@ -12,6 +12,11 @@ Two layouts, one interface (``allocate``, ``write``, ``gather``):
   layout, reads follow automatically.
 - ``NhdPagedKV`` — the GPU flash-attn layout ``[2, num_blocks, block_size, num_kv_heads,
   head_dim]`` that the Triton kernel reads. Written with plain indexing (slot -1 skipped).
+- ``FlashPagedKV`` — the cache vLLM 0.32's ``FLASH_ATTN`` backend hands its impl: one tensor
+  ``[num_blocks, num_kv_heads, block_size, 2 * head_dim]`` that the backend splits as
+  ``kv_cache.transpose(1, 2).split(head_dim, dim=-1)`` into K and V ``[num_blocks,
+  block_size, num_kv_heads, head_dim]`` views. Reads and writes go through those same views,
+  so they follow vLLM's own definition (the engine's GPU path; device-agnostic torch).
 
 vLLM is imported only when a CPU layout is constructed.
 """
@@ -22,7 +27,7 @@ import functools
 
 import torch
 
-__all__ = ["CpuPagedKV", "NhdPagedKV"]
+__all__ = ["CpuPagedKV", "FlashPagedKV", "NhdPagedKV"]
 
 
 def _vllm_ops():
@@ -183,6 +188,46 @@ class NhdPagedKV:
         k = kv_cache[0][block_ids.long()].transpose(-3, -2)  # from [..., n, bs, H, D]
         v = kv_cache[1][block_ids.long()].transpose(-3, -2)
         return k, v
+
+    def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n * block_size, Hkv, D]``."""
+        k, v = self.gather_blocks(kv_cache, block_ids)
+        return _token_major(k), _token_major(v)
+
+
+class FlashPagedKV:
+    """vLLM 0.32 ``FLASH_ATTN`` layout ``[num_blocks, Hkv, block_size, 2 * D]`` (see module doc)."""
+
+    def __init__(self, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
+        self.num_kv_heads, self.head_dim, self.block_size = num_kv_heads, head_dim, block_size
+        self.dtype, self.device = dtype, torch.device(device)
+
+    def allocate(self, num_blocks: int) -> torch.Tensor:
+        return torch.zeros(num_blocks, self.num_kv_heads, self.block_size, 2 * self.head_dim,
+                           dtype=self.dtype, device=self.device)
+
+    def _split(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V views ``[num_blocks, block_size, Hkv, D]``, as the backend takes them."""
+        return kv_cache.transpose(1, 2).split(self.head_dim, dim=-1)
+
+    def write(self, kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              slot_mapping: torch.Tensor) -> None:
+        """Store ``key/value [T, Hkv, D]`` at ``slot_mapping [T]`` (int64; -1 = skip)."""
+        keep = slot_mapping >= 0
+        slots = slot_mapping[keep].long()
+        blocks, offsets = slots // self.block_size, slots % self.block_size
+        kc, vc = self._split(kv_cache)
+        kc[blocks, offsets] = key[keep].to(kv_cache.dtype)
+        vc[blocks, offsets] = value[keep].to(kv_cache.dtype)
+
+    def gather_blocks(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n, Hkv, block_size, D]``."""
+        kc, vc = self._split(kv_cache)
+        return (kc[block_ids.long()].transpose(-3, -2),  # from [..., n, bs, H, D]
+                vc[block_ids.long()].transpose(-3, -2))
 
     def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:

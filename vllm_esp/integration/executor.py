@@ -13,6 +13,7 @@ instance is exactly what vLLM already runs for one engine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import threading
@@ -36,8 +37,9 @@ from vllm_esp.integration.outputs import (
 logger = init_logger(__name__)
 
 WORKER_EXTENSION = "vllm_esp.integration.worker.ESPWorkerExtension"
-# CPU worker whose runner / attention backend serve requests spanning instances
+# workers whose runner / attention backend serve requests spanning instances
 ESP_CPU_WORKER = "vllm_esp.integration.esp_worker.ESPCPUWorker"
+ESP_GPU_WORKER = "vllm_esp.integration.esp_gpu_worker.ESPGPUWorker"
 
 
 class ESPExecutor(Executor):
@@ -83,8 +85,11 @@ class ESPExecutor(Executor):
         config = copy.deepcopy(self.vllm_config)
         config.parallel_config.distributed_executor_backend = "mp"
         config.parallel_config.worker_extension_cls = WORKER_EXTENSION
+        gpu_env: dict[str, str] = {}
         if _on_cpu() and self.esp.instances > 1:
             config.parallel_config.worker_cls = ESP_CPU_WORKER
+        elif self.esp.instances > 1:
+            gpu_env = _fit_gpu_instance(config)
         if _on_cpu() and config.cache_config.kv_cache_memory_bytes is None \
                 and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             gib = float(envs.VLLM_ESP_DEFAULT_CPU_KVCACHE_GIB)
@@ -92,7 +97,9 @@ class ESPExecutor(Executor):
             if index == 0:
                 logger.info("KV cache per CPU worker defaults to %.1f GiB "
                             "(set VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes)", gib)
-        with _env("VLLM_CPU_OMP_THREADS_BIND", bind):
+        with contextlib.ExitStack() as stack:
+            for key, value in {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env}.items():
+                stack.enter_context(_env(key, value))
             group = MultiprocExecutor(config)
         group.register_failure_callback(self._on_instance_failure)
         return group
@@ -288,6 +295,23 @@ class _env:
             os.environ.pop(self.key, None)
         else:
             os.environ[self.key] = self.old
+
+
+def _fit_gpu_instance(config) -> dict[str, str]:
+    """An instance's config for the ESP GPU worker (``esp_gpu_worker``): its worker class,
+    the FLASH_ATTN backend its attention override extends, eager mode (the span attention is
+    host code the plan changes every step) and the environment its processes need (V1 model
+    runner, vLLM's PyTorch sampler). Returns that environment."""
+    from vllm.config.compilation import CUDAGraphMode
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    from vllm_esp.integration.esp_gpu_worker import GPU_ENV
+
+    config.parallel_config.worker_cls = ESP_GPU_WORKER
+    config.attention_config.backend = AttentionBackendEnum.FLASH_ATTN
+    config.model_config.enforce_eager = True
+    config.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+    return dict(GPU_ENV)
 
 
 def _on_cpu() -> bool:

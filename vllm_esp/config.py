@@ -39,6 +39,10 @@ class ESPConfig:
     # run those parallel prefills as LoongServe's striped ring (balanced work, K/V around the
     # ring); False = each instance computes its own chunk and asks the earlier chunks' holders
     ring_prefill: bool = True
+    # a spanning request whose instances are reserved by a parallel prefill that has not run
+    # yet joins it (one ring for both, when every holder has room for both); False = it waits
+    # for its own step (its chunks then run one after another)
+    batch_rings: bool = True
     # cost profile (path of a `vllm-esp profile` JSON, or a built-in name): the global manager's
     # batching step then gives each request's prefill the instances that minimise its predicted
     # time (a ring; the KV stays on one instance when it fits). None = spread only prompts that

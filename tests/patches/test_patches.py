@@ -95,7 +95,8 @@ def test_cli_executor_esp_folds_into_engine_args():
     assert ea.distributed_executor_backend == "vllm_esp.integration.executor.ESPExecutor"
     assert ea.scheduler_cls == "vllm_esp.integration.scheduler.ESPScheduler"
     assert ea.additional_config["esp"] == {"instances": 3, "tp": 1, "policy": "fcfs",
-                                           "parallel_prefill": True, "ring_prefill": True}
+                                           "parallel_prefill": True, "ring_prefill": True,
+                                           "batch_rings": True}
 
 
 def test_cli_stock_executor_names_pass_through():
@@ -169,7 +170,8 @@ def test_policy_flags_map_to_the_length_aware_scheduler():
                           "additional_config": {"esp": {"aging_rate": 0.5}}})
     assert kw["additional_config"]["esp"] == {"instances": 1, "tp": 1, "policy": "alise",
                                               "predictor": "online", "aging_rate": 0.5,
-                                              "parallel_prefill": True, "ring_prefill": True}
+                                              "parallel_prefill": True, "ring_prefill": True,
+                                              "batch_rings": True}
     # without --executor esp the policy applies to stock vLLM's single scheduler
     kw = apply_to_kwargs({"esp_policy": "sjf", "esp_predictor": "oracle"})
     assert kw["scheduler_cls"] == "vllm_esp.scheduling.AliseScheduler"

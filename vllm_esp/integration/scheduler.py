@@ -95,7 +95,8 @@ class ESPScheduler(SchedulerInterface):
         # requests larger than one instance's pool: contiguous chunks over instances
         self.spans = SpanManager(self.instances, self.pool, block_size,
                                  parallel_prefill=self.esp.parallel_prefill,
-                                 ring_prefill=self.esp.ring_prefill)
+                                 ring_prefill=self.esp.ring_prefill,
+                                 batch_rings=self.esp.batch_rings)
         # spanning requests waiting for free blocks (admitted in order as pools free up), and
         # requests that cannot fit even in idle pools (finished with an error next step)
         self.pending_spans: list[Request] = []

@@ -111,12 +111,13 @@ def requested_prefill_instances(request: Request) -> int:
 
 class SpanManager:
     def __init__(self, schedulers: list, pool, block_size: int, parallel_prefill: bool = True,
-                 ring_prefill: bool = True):
+                 ring_prefill: bool = True, batch_rings: bool = True):
         self.schedulers = schedulers
         self.pool = pool
         self.block_size = block_size
         self.parallel_prefill = parallel_prefill
         self.ring_prefill = ring_prefill  # parallel prefills as a striped ring when possible
+        self.batch_rings = batch_rings  # a request may join a pending ring (same holders)
         self._rings_now: list[SpanningRequest] = []  # ring prefills of the step being planned
         # request id -> instances the global manager gave its prefill (KV kept on one if it fits)
         self.planned_prefill: dict[str, int] = {}
@@ -220,7 +221,8 @@ class SpanManager:
         span = SpanningRequest(request, holders, bounds)
         span.parallel = len(holders) > 1 and self.parallel_prefill and \
             self._room_for_parallel_prefill(span)
-        if not span.parallel and not prefill_only and len(holders) > 1 and self.parallel_prefill:
+        if not span.parallel and not prefill_only and len(holders) > 1 and self.batch_rings \
+                and self.parallel_prefill:
             span = self._join_pending_ring(request, len(holders)) or span
         span.keep_on_master = span.parallel and self._fits_master(span)
         self.planned_prefill.pop(request.request_id, None)

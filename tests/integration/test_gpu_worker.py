@@ -33,6 +33,16 @@ def test_gpu_worker_extends_vllms_v1_gpu_classes():
                  "_serve_without_forward"):
         assert getattr(gw.ESPGPUModelRunner, name) is getattr(ESPCPUModelRunner, name)
     assert gw.ESPGPUModelRunner.esp_sampler == "gpu"
+    # the same worker logic too (backend registration, runner swap), with GPU settings
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    from vllm_esp.integration.esp_worker import ESPCPUWorker
+
+    assert gw.ESPGPUWorker.init_device is ESPCPUWorker.init_device
+    assert gw.ESPGPUWorker.__init__ is ESPCPUWorker.__init__
+    assert AttentionBackendEnum[gw.ESPGPUWorker.esp_backend] is AttentionBackendEnum.FLASH_ATTN
+    assert gw.ESPGPUWorker.esp_stock_runner is GPUModelRunner
+    assert gw.ESPGPUWorker.esp_runner is gw.ESPGPUModelRunner
 
 
 def test_flash_layout_follows_the_cache_tensor():

@@ -22,7 +22,7 @@ from vllm.v1.attention.backends.flash_attn import FlashAttentionBackend, FlashAt
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.gpu_worker import Worker
 
-from vllm_esp.integration.esp_worker import ESPRunnerMixin, check_internals, esp_attention
+from vllm_esp.integration.esp_worker import ESPAttentionMixin, ESPRunnerMixin, ESPWorkerMixin
 from vllm_esp.ops.kv_cache import FlashPagedKV
 
 GPU_BACKEND_QUALNAME = "vllm_esp.integration.esp_gpu_worker.ESPFlashAttentionBackend"
@@ -36,17 +36,11 @@ def flash_layout(kv_cache: torch.Tensor, head_dim: int, layer=None) -> FlashPage
                         kv_cache.device)
 
 
-class ESPFlashAttentionImpl(FlashAttentionImpl):
+class ESPFlashAttentionImpl(ESPAttentionMixin, FlashAttentionImpl):
     """Stock FlashAttention (the layer wrote this step's K/V in ``do_kv_cache_update``),
     then ``esp_attention``."""
 
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
-                output_scale=None, output_block_scale=None):
-        out = super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
-                              output_scale, output_block_scale)
-        esp_attention(self, flash_layout, layer, query, key, value, kv_cache, attn_metadata,
-                      output)
-        return out
+    esp_layout = staticmethod(flash_layout)
 
 
 class ESPFlashAttentionBackend(FlashAttentionBackend):
@@ -60,18 +54,10 @@ class ESPGPUModelRunner(ESPRunnerMixin, GPUModelRunner):
     esp_sampler = "gpu"
 
 
-class ESPGPUWorker(Worker):
-    def __init__(self, *args, **kwargs):
-        from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
-
-        check_internals((FlashAttentionImpl, "forward"), (Worker, "init_device"))
-        register_backend(AttentionBackendEnum.FLASH_ATTN, GPU_BACKEND_QUALNAME)
-        super().__init__(*args, **kwargs)
-
-    def init_device(self):
-        super().init_device()
-        if type(self.model_runner) is not GPUModelRunner:
-            raise RuntimeError(f"ESP needs vLLM's V1 GPU model runner "
-                               f"(VLLM_USE_V2_MODEL_RUNNER=0), got "
-                               f"{type(self.model_runner).__name__}")
-        self.model_runner.__class__ = ESPGPUModelRunner
+class ESPGPUWorker(ESPWorkerMixin, Worker):
+    esp_backend = "FLASH_ATTN"
+    esp_backend_qualname = GPU_BACKEND_QUALNAME
+    esp_stock_runner = GPUModelRunner
+    esp_runner = ESPGPUModelRunner
+    esp_runner_name = "vLLM's V1 GPU model runner (VLLM_USE_V2_MODEL_RUNNER=0)"
+    esp_internals = ((FlashAttentionImpl, "forward"), (Worker, "init_device"))

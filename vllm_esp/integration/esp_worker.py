@@ -58,16 +58,23 @@ def esp_attention(impl, layout_of, layer, query, key, value, kv_cache, attn_meta
     sa.span_layer(ctx, kv_cache, layout, impl.num_heads, impl.scale, query=q, output=o)
 
 
-class ESPCPUAttentionImpl(CPUAttentionBackendImpl):
-    """Stock CPU attention, then ``esp_attention``."""
+class ESPAttentionMixin:
+    """Mixed into a vLLM attention impl: the stock kernel, then ``esp_attention`` over the
+    backend's paged layout ``esp_layout``."""
+
+    esp_layout = staticmethod(cpu_layout)
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,
                 output_scale=None, output_block_scale=None):
         out = super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                               output_scale, output_block_scale)
-        esp_attention(self, cpu_layout, layer, query, key, value, kv_cache, attn_metadata,
-                      output)
+        esp_attention(self, self.esp_layout, layer, query, key, value, kv_cache,
+                      attn_metadata, output)
         return out
+
+
+class ESPCPUAttentionImpl(ESPAttentionMixin, CPUAttentionBackendImpl):
+    """Stock CPU attention, then ``esp_attention``."""
 
 
 class ESPCPUAttentionBackend(CPUAttentionBackend):
@@ -188,17 +195,37 @@ class ESPCPUModelRunner(ESPRunnerMixin, CPUModelRunner):
     pass
 
 
-class ESPCPUWorker(CPUWorker):
+class ESPWorkerMixin:
+    """Mixed into a vLLM worker: registers the ESP attention backend in place of the stock
+    one (``esp_backend``, an ``AttentionBackendEnum`` name) before the worker starts, then
+    turns the stock runner (``esp_stock_runner``, checked) into the ESP one."""
+
+    esp_backend: str
+    esp_backend_qualname: str
+    esp_stock_runner: type
+    esp_runner: type
+    esp_runner_name: str  # how the error names the runner ESP needs
+    esp_internals: tuple[tuple[type, str], ...]  # checked on top of ``check_internals``'s
+
     def __init__(self, *args, **kwargs):
         from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-        check_internals((CPUAttentionBackendImpl, "forward"), (CPUWorker, "init_device"))
-        register_backend(AttentionBackendEnum.CPU_ATTN, BACKEND_QUALNAME)
+        check_internals(*self.esp_internals)
+        register_backend(AttentionBackendEnum[self.esp_backend], self.esp_backend_qualname)
         super().__init__(*args, **kwargs)
 
     def init_device(self):
         super().init_device()
-        if type(self.model_runner) is not CPUModelRunner:
-            raise RuntimeError(f"ESP needs vLLM's V1 CPU model runner, got "
+        if type(self.model_runner) is not self.esp_stock_runner:
+            raise RuntimeError(f"ESP needs {self.esp_runner_name}, got "
                                f"{type(self.model_runner).__name__}")
-        self.model_runner.__class__ = ESPCPUModelRunner
+        self.model_runner.__class__ = self.esp_runner
+
+
+class ESPCPUWorker(ESPWorkerMixin, CPUWorker):
+    esp_backend = "CPU_ATTN"
+    esp_backend_qualname = BACKEND_QUALNAME
+    esp_stock_runner = CPUModelRunner
+    esp_runner = ESPCPUModelRunner
+    esp_runner_name = "vLLM's V1 CPU model runner"
+    esp_internals = ((CPUAttentionBackendImpl, "forward"), (CPUWorker, "init_device"))

@@ -234,16 +234,8 @@ def ring_layer(ctx: StepContext, kv_cache: torch.Tensor, layout: PagedLayout,
     inside this member's keep ranges are written to the cache. Batches run in the order of
     their first ring in the plan, the same on every member.
     """
-    for batch in ring_batches(ctx.plan, ctx.instance):
+    for batch in ctx.plan.ring_batches(ctx.instance):
         _ring_prefill(ctx, batch, layout, kv_cache, query, key, value, output, scale)
-
-
-def ring_batches(plan: ESPStepPlan, instance: int) -> list[list[tuple[int, RingPrefill, int]]]:
-    """``plan.rings_of(instance)`` grouped by ring (the members' instances, in order)."""
-    batches: dict[tuple[int, ...], list] = {}
-    for index, ring, r in plan.rings_of(instance):
-        batches.setdefault(tuple(m.instance for m in ring.members), []).append((index, ring, r))
-    return list(batches.values())
 
 
 def _ring_prefill(ctx: StepContext, batch: list[tuple[int, RingPrefill, int]],
@@ -267,8 +259,8 @@ def _ring_prefill(ctx: StepContext, batch: list[tuple[int, RingPrefill, int]],
                     shard[1].new_empty((n_next, *shard[1].shape[1:]))]
             pending = ctx.comm.ring_shift(shard, bufs, group, tag=RING_TAG)
         sizes = [len(p[src]) for p in positions]
-        for x, (index, _, _), k_x, v_x in zip(range(len(batch)), batch,
-                                              shard[0].split(sizes), shard[1].split(sizes)):
+        for x, ((index, _, _), k_x, v_x) in enumerate(zip(batch, shard[0].split(sizes),
+                                                          shard[1].split(sizes))):
             slots = ctx.keep_slots(index, r, src, layout.block_size)
             if slots is not None:
                 layout.write(kv_cache, k_x, v_x, slots)

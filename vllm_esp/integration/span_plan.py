@@ -104,6 +104,16 @@ class RingPrefill:
         return None
 
 
+def ring_groups(rings: list[RingPrefill]) -> list[list[int]]:
+    """Indices of the rings that run as one batched ring: the same members' instances in the
+    same order (LoongServe batches their requests; one message per hop carries all shards).
+    Groups come in the order of their first ring."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, ring in enumerate(rings):
+        groups.setdefault(tuple(m.instance for m in ring.members), []).append(i)
+    return list(groups.values())
+
+
 @dataclass(slots=True)
 class ESPStepPlan:
     """Spans scheduled this step; identical on every instance of the engine."""
@@ -119,6 +129,13 @@ class ESPStepPlan:
 
     def served_by(self, instance: int) -> list[tuple[SpanAttention, PeerChunk]]:
         return [(s, p) for s in self.spans for p in s.peers if p.instance == instance]
+
+    def ring_batches(self, instance: int) -> list[list[tuple[int, RingPrefill, int]]]:
+        """``rings_of(instance)`` grouped into the batches that run as one ring: rings over
+        the same instances in the same order (``ring_groups``), in plan order."""
+        return [[(i, self.rings[i], self.rings[i].member_index(instance)) for i in group]
+                for group in ring_groups(self.rings)
+                if self.rings[group[0]].member_index(instance) is not None]
 
     def rings_of(self, instance: int) -> list[tuple[int, RingPrefill, int]]:
         """``(index in rings, ring, member index)`` of each ring prefill this instance is a

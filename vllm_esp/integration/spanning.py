@@ -54,6 +54,7 @@ from vllm_esp.integration.span_plan import (
     RingMember,
     RingPrefill,
     SpanAttention,
+    ring_groups,
     stripes,
 )
 
@@ -316,16 +317,17 @@ class SpanManager:
         and the free blocks, and chunk 0 goes to the front of an FCFS queue. ``join``: the
         chunks of the parallel prefills not run yet share the step (and are counted)."""
         ahead: dict[int, list[int]] = {}  # instance -> sizes of pending chunks there
-        views: set[str] = set()
+        views: set[str] = set()  # their local views
         for other in (self._pending_parallel() if join else ()):
             for i, size, view in zip(other.holders, other.chunk_sizes, other.views):
                 ahead.setdefault(i, []).append(size)
                 views.add(view.request_id)
+        pending = frozenset(views)
         for j, (i, size) in enumerate(zip(span.holders, span.chunk_sizes)):
             sched = self.schedulers[i]
             threshold = sched.scheduler_config.long_prefill_token_threshold
             others = ahead.get(i, [])
-            if (not self._idle_for_parallel_prefill(i, frozenset(views) if join else frozenset())
+            if (not self._idle_for_parallel_prefill(i, pending)
                     # chunk 0 holds no KV: it must stay at the head of the waiting queue
                     # while requests keep arriving (a priority queue would reorder it)
                     or (j == 0 and not isinstance(sched.waiting, FCFSRequestQueue))
@@ -485,8 +487,7 @@ class SpanManager:
     def build_plan(self, outs: list) -> ESPStepPlan | None:
         self._check_parallel_prefills(outs)
         rings = [self._ring(span) for span in self._rings_now]
-        groups = Counter(tuple(span.holders) for span in self._rings_now)
-        self.num_batched_ring_prefills += sum(n for n in groups.values() if n > 1)
+        self.num_batched_ring_prefills += sum(len(g) for g in ring_groups(rings) if len(g) > 1)
         in_ring = {m.req_id for r in rings for m in r.members}
         spans, resume = [], {}
         for i, out in enumerate(outs):

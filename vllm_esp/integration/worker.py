@@ -14,6 +14,7 @@ class ESPWorkerExtension:
     esp_group = None  # torch ProcessGroup over the equal-TP-rank workers of all instances
     esp_rank: int = 0  # this worker's instance id inside esp_group
     esp_world: int = 1  # number of instances
+    esp_device = torch.device("cpu")  # where the group's tensors live (cuda with NCCL)
 
     def esp_init_communicator(self, host: str, ports: list[int], instance: int,
                               num_instances: int) -> None:
@@ -29,12 +30,13 @@ class ESPWorkerExtension:
             group_name=f"vllm_esp_tp{tp_rank}",
         )
         self.esp_rank, self.esp_world = instance, num_instances
+        if backend == "nccl":
+            self.esp_device = torch.device("cuda", torch.cuda.current_device())
         from vllm_esp.comm.communicator import ESPCommunicator
         from vllm_esp.integration import span_attention
 
-        device = "cpu" if backend == "gloo" else torch.device("cuda", torch.cuda.current_device())
         span_attention.set_communicator(ESPCommunicator(self.esp_group, instance), instance,
-                                        device)
+                                        self.esp_device)
 
     def esp_ring_shift(self, values: list[float]) -> list[float]:
         """Send ``[own instance id] + values`` to the next instance; return what arrived.
@@ -44,8 +46,8 @@ class ESPWorkerExtension:
         """
         if self.esp_group is None:
             raise RuntimeError("ESP communicator not initialised (single instance?)")
-        device = "cpu" if self.esp_group.name() == "gloo" else torch.cuda.current_device()
-        send = torch.tensor([float(self.esp_rank), *values], dtype=torch.float32, device=device)
+        send = torch.tensor([float(self.esp_rank), *values], dtype=torch.float32,
+                            device=self.esp_device)
         recv = torch.empty_like(send)
         nxt = (self.esp_rank + 1) % self.esp_world
         prv = (self.esp_rank - 1) % self.esp_world
@@ -61,14 +63,16 @@ class ESPWorkerExtension:
 
     def esp_comm_bytes(self) -> dict[str, int]:
         """Bytes this worker sent over the ESP communicator, per op (span attention etc.)."""
-        from vllm_esp.integration import span_attention
-
-        comm = span_attention._comm
-        return dict(comm[0].bytes_by_op) if comm is not None else {}
+        return _comm_counter("bytes_by_op")
 
     def esp_comm_calls(self) -> dict[str, int]:
         """Calls this worker made on the ESP communicator, per op (one per ring hop, etc.)."""
-        from vllm_esp.integration import span_attention
+        return _comm_counter("calls_by_op")
 
-        comm = span_attention._comm
-        return dict(comm[0].calls_by_op) if comm is not None else {}
+
+def _comm_counter(name: str) -> dict[str, int]:
+    """One per-op counter of this worker's ESP communicator ({} before it joined)."""
+    from vllm_esp.integration import span_attention
+
+    comm = span_attention._comm
+    return dict(getattr(comm[0], name)) if comm is not None else {}

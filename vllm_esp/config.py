@@ -20,6 +20,10 @@ EXECUTOR_CHOICES = ("esp", "mp", "uni", "ray")
 # length-aware scheduler of vllm_esp.scheduling (shortest predicted job first, + aging).
 POLICY_CHOICES = ("fcfs", "sjf", "alise")
 PREDICTOR_CHOICES = ("retrieval", "online", "oracle", "hint")
+# How an instance's workers are started: mp = processes on this node (vLLM's MultiprocExecutor);
+# ray = Ray actors in a placement group per instance, on any node of the Ray cluster
+# (vLLM's RayExecutorV2).
+INSTANCE_BACKEND_CHOICES = ("mp", "ray")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class ESPConfig:
     policy: str = "fcfs"  # queue order inside each instance's scheduler
     predictor: str | None = None  # output-length predictor of the sjf/alise policies
     cpu_bind: str | None = None  # per-worker core lists "0|1|..." (CPU only); None = even split
+    instance_backend: str = "mp"  # mp (processes on this node) or ray (Ray actors, multi-node)
     # dotted path of the scheduler class run per instance (default: by policy)
     instance_scheduler: str | None = None
     # prefill a request spread over several instances on all of them in one step (sequence
@@ -58,6 +63,9 @@ class ESPConfig:
             raise ValueError(
                 f"--esp-policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}"
             )
+        if self.instance_backend not in INSTANCE_BACKEND_CHOICES:
+            raise ValueError(f"--esp-instance-backend must be one of "
+                             f"{', '.join(INSTANCE_BACKEND_CHOICES)}, got {self.instance_backend!r}")
         if self.profile is not None:
             if not isinstance(self.profile, str):
                 raise ValueError(f"--esp-profile must be a path or a built-in profile name, "
@@ -108,7 +116,12 @@ class ESPConfig:
 
 
 def check_worker_limit(esp: ESPConfig, on_cpu: bool) -> None:
-    """ValueError if ``esp`` needs more workers than this machine's cores / devices allow."""
+    """ValueError if ``esp`` needs more workers than this machine's cores / devices allow.
+
+    Ray instances may run on other nodes: the Ray cluster's resources are checked instead,
+    when the executor connects (``ray_instances.check_room``)."""
+    if esp.instance_backend == "ray":
+        return
     if on_cpu:
         limit = max_cpu_workers()
         if esp.num_workers > limit:

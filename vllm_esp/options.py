@@ -15,6 +15,7 @@ from typing import Any
 from vllm_esp.config import (
     EXECUTOR_CHOICES,
     EXECUTOR_QUALNAME,
+    INSTANCE_BACKEND_CHOICES,
     POLICY_CHOICES,
     PREDICTOR_CHOICES,
     SCHEDULER_QUALNAME,
@@ -31,6 +32,7 @@ ESP_OPTIONS = {
     "esp_cpu_bind": "cpu_bind",
     "esp_predictor": "predictor",
     "esp_profile": "profile",
+    "esp_instance_backend": "instance_backend",
 }
 LENGTH_AWARE_SCHEDULER = "vllm_esp.scheduling.AliseScheduler"
 
@@ -153,6 +155,10 @@ def add_argument_group(parser: argparse.ArgumentParser) -> bool:
                        "request (default: spread only prompts that outgrow one instance).")
     group.add_argument("--esp-cpu-bind", default=None,
                        help="CPU build: core list per worker, '|'-separated (default: even split).")
+    group.add_argument("--esp-instance-backend", choices=INSTANCE_BACKEND_CHOICES, default=None,
+                       help="How instances start their workers: mp (processes on this node, the "
+                       "default) or ray (Ray actors, one placement group per instance, on any "
+                       "node of the Ray cluster at RAY_ADDRESS; needs `pip install ray`).")
     return True
 
 

@@ -18,7 +18,7 @@ def test_installed_vllm_is_in_the_supported_range():
 @pytest.mark.parametrize("version", ["0.31.2", "0.34.0", "1.0.0", "0.9.0+cpu", "garbage"])
 def test_every_patch_refuses_an_unsupported_vllm(version, monkeypatch):
     monkeypatch.delenv("VLLM_ESP_SKIP_VERSION_CHECK", raising=False)
-    for patch in vllm_esp_patches.all_patches():
+    for patch in vllm_esp_patches.all_patches(on_demand=True):
         with pytest.raises(UnsupportedVLLMVersion, match="vLLM"):
             patch.apply(version=version)
 
@@ -96,7 +96,19 @@ def test_cli_executor_esp_folds_into_engine_args():
     assert ea.scheduler_cls == "vllm_esp.integration.scheduler.ESPScheduler"
     assert ea.additional_config["esp"] == {"instances": 3, "tp": 1, "policy": "fcfs",
                                            "parallel_prefill": True, "ring_prefill": True,
-                                           "batch_rings": True}
+                                           "batch_rings": True, "instance_backend": "mp"}
+
+
+def test_cli_instance_backend_flag():
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    args = _serve_parser().parse_args(["--model", "m", "--executor", "esp", "--esp-instances",
+                                       "2", "--esp-instance-backend", "ray"])
+    esp = AsyncEngineArgs.from_cli_args(args).additional_config["esp"]
+    assert (esp["instances"], esp["instance_backend"]) == (2, "ray")
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--model", "m", "--executor", "esp",
+                                    "--esp-instance-backend", "slurm"])
 
 
 def test_cli_stock_executor_names_pass_through():
@@ -171,7 +183,7 @@ def test_policy_flags_map_to_the_length_aware_scheduler():
     assert kw["additional_config"]["esp"] == {"instances": 1, "tp": 1, "policy": "alise",
                                               "predictor": "online", "aging_rate": 0.5,
                                               "parallel_prefill": True, "ring_prefill": True,
-                                              "batch_rings": True}
+                                              "batch_rings": True, "instance_backend": "mp"}
     # without --executor esp the policy applies to stock vLLM's single scheduler
     kw = apply_to_kwargs({"esp_policy": "sjf", "esp_predictor": "oracle"})
     assert kw["scheduler_cls"] == "vllm_esp.scheduling.AliseScheduler"

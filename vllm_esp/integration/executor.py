@@ -27,7 +27,7 @@ from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 
 from vllm_esp import envs
 from vllm_esp.config import ESPConfig, SCHEDULER_QUALNAME, check_worker_limit
-from vllm_esp.integration import cpu_binding
+from vllm_esp.integration import cpu_binding, ray_instances
 from vllm_esp.integration.outputs import (
     ESPSchedulerOutput,
     merge_model_runner_outputs,
@@ -72,6 +72,8 @@ class ESPExecutor(Executor):
         self.instances: list[MultiprocExecutor] = []
         binds = cpu_binding.per_instance(self.esp) if _on_cpu() else [None] * self.esp.instances
         try:
+            if self.esp.instance_backend == "ray":
+                ray_instances.check_room(self.esp.num_workers)
             for i in range(self.esp.instances):
                 self.instances.append(self._start_instance(i, binds[i]))
             if self.esp.instances > 1:
@@ -83,7 +85,7 @@ class ESPExecutor(Executor):
 
     def _start_instance(self, index: int, bind: str | None) -> MultiprocExecutor:
         config = copy.deepcopy(self.vllm_config)
-        config.parallel_config.distributed_executor_backend = "mp"
+        config.parallel_config.distributed_executor_backend = self.esp.instance_backend
         config.parallel_config.worker_extension_cls = WORKER_EXTENSION
         gpu_env: dict[str, str] = {}
         if _on_cpu() and self.esp.instances > 1:
@@ -97,20 +99,30 @@ class ESPExecutor(Executor):
             if index == 0:
                 logger.info("KV cache per CPU worker defaults to %.1f GiB "
                             "(set VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes)", gib)
-        with contextlib.ExitStack() as stack:
-            for key, value in {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env}.items():
-                stack.enter_context(_env(key, value))
-            group = MultiprocExecutor(config)
+        env = {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env}
+        if self.esp.instance_backend == "ray":
+            group = ray_instances.start(config, index, env)
+        else:
+            with contextlib.ExitStack() as stack:
+                for key, value in env.items():
+                    stack.enter_context(_env(key, value))
+                group = MultiprocExecutor(config)
         group.register_failure_callback(self._on_instance_failure)
         return group
 
     def _init_esp_communicator(self) -> None:
-        """One process group per TP rank, over the equal-rank workers of all instances."""
-        host = "127.0.0.1"
-        ports = [get_open_port() for _ in range(self.esp.tp)]
+        """One process group per TP rank, over the equal-rank workers of all instances.
+
+        Instance 0's worker of each TP rank hosts that group's store: on this node for
+        process instances, on its own node (its address, a port free there) for Ray ones.
+        """
+        if self.esp.instance_backend == "ray":
+            addresses = [tuple(a) for a in self.instances[0].collective_rpc("esp_store_address")]
+        else:
+            addresses = [("127.0.0.1", get_open_port()) for _ in range(self.esp.tp)]
         futures = [
             inst.collective_rpc("esp_init_communicator",
-                                args=(host, ports, i, self.esp.instances), non_block=True)
+                                args=(addresses, i, self.esp.instances), non_block=True)
             for i, inst in enumerate(self.instances)
         ]
         for f in futures:
@@ -231,6 +243,8 @@ class ESPExecutor(Executor):
                     w.death_writer.close()
                     w.death_writer = None
         _in_parallel([inst.shutdown for inst in instances], swallow=True)
+        if getattr(self, "esp", None) is not None and self.esp.instance_backend == "ray":
+            ray_instances.stop()
 
     @classmethod
     def supports_async_scheduling(cls) -> bool:

@@ -16,17 +16,36 @@ class ESPWorkerExtension:
     esp_world: int = 1  # number of instances
     esp_device = torch.device("cpu")  # where the group's tensors live (cuda with NCCL)
 
-    def esp_init_communicator(self, host: str, ports: list[int], instance: int,
+    def esp_store_address(self) -> tuple[str, int]:
+        """Where this worker can host its TP rank's group store: its node's address (Ray's
+        view of it inside a Ray actor, which other nodes can reach) and a free port."""
+        from vllm.utils.network_utils import get_ip, get_open_port
+
+        host = get_ip()
+        try:
+            import ray
+
+            if ray.is_initialized():
+                host = ray.util.get_node_ip_address()
+        except ImportError:
+            pass
+        return host, get_open_port()
+
+    def esp_init_communicator(self, addresses: list[tuple[str, int]], instance: int,
                               num_instances: int) -> None:
-        """Join the cross-instance group of this worker's TP rank (gloo on CPU, NCCL on GPU)."""
+        """Join the cross-instance group of this worker's TP rank (gloo on CPU, NCCL on GPU).
+
+        ``addresses[tp_rank]`` is the (host, port) of that group's store (instance 0 hosts it).
+        """
         from vllm.distributed import get_tensor_model_parallel_rank
         from vllm.distributed.utils import stateless_init_torch_distributed_process_group
         from vllm.platforms import current_platform
 
         backend = "gloo" if current_platform.is_cpu() else "nccl"
         tp_rank = get_tensor_model_parallel_rank()
+        host, port = addresses[tp_rank]
         self.esp_group = stateless_init_torch_distributed_process_group(
-            host, ports[tp_rank], instance, num_instances, backend,
+            host, port, instance, num_instances, backend,
             group_name=f"vllm_esp_tp{tp_rank}",
         )
         self.esp_rank, self.esp_world = instance, num_instances

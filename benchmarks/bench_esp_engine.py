@@ -47,7 +47,11 @@ import statistics
 import time
 from pathlib import Path
 
-CONFIGS = {"stock": None, "esp-1": 1, "esp-2": 2, "esp-4": 4}
+CONFIGS = {"stock": None, "esp-1": 1, "esp-2": 2, "esp-4": 4, "esp-2-ray": 2}
+DEFAULT_CONFIGS = "stock,esp-1,esp-2,esp-4"
+# instance backend of a config (default: worker processes, "mp"); "ray" starts a local Ray
+# unless RAY_ADDRESS names a cluster
+BACKENDS = {"esp-2-ray": "ray"}
 MiB = 1 << 20
 BLOCK = 128  # tokens per KV block (vLLM's CPU default)
 KV_BYTES_PER_TOKEN = 1024  # tiny Llama float32: 2 layers x (K, V) x 2 KV heads x 32 dims x 4 B
@@ -162,17 +166,19 @@ def run_longest(llm, capacity: int, args) -> dict:
     return row
 
 
-def run_config(model: str, instances, args, traces: dict, longest: bool) -> dict:
+def run_config(model: str, name: str, args, traces: dict, longest: bool) -> dict:
     from vllm import SamplingParams
 
     from vllm_esp.testing.engines import close_engine, engine_core_in_process, make_engine
 
+    instances = CONFIGS[name]
     pool = int(args.pool_mib * MiB)
     capacity = capacity_tokens(pool) * (instances or 1)
+    backend = {"esp_instance_backend": BACKENDS[name]} if name in BACKENDS else {}
     t0 = time.perf_counter()
     with engine_core_in_process(instances is not None and not args.esp_multiprocessing):
         llm = make_engine(model, instances, kv_cache_memory_bytes=pool, max_model_len=capacity,
-                          disable_log_stats=False)
+                          disable_log_stats=False, **backend)
     res: dict = {"start_s": time.perf_counter() - t0, "max_model_len": capacity}
     try:
         res["pool_blocks"] = _pool_blocks(llm, instances)
@@ -314,7 +320,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=CPU_NOTE)
-    ap.add_argument("--configs", default=",".join(CONFIGS),
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS,
                     help="comma-separated subset of " + ",".join(CONFIGS))
     ap.add_argument("--pool-mib", type=float, default=4.0, help="KV pool per instance (MiB)")
     ap.add_argument("--rounds", type=int, default=3, help="engines per config (median)")
@@ -361,7 +367,7 @@ def main() -> None:
         for r in range(args.rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
                 bar.set_postfix_str(f"round {r + 1} {name}")
-                rows[name].append(run_config(model, CONFIGS[name], args, traces, longest=r == 0))
+                rows[name].append(run_config(model, name, args, traces, longest=r == 0))
                 bar.update()
     refusal = None
     if "stock" in names and not args.no_stock_refusal:

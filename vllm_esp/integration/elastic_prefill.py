@@ -42,3 +42,24 @@ class PrefillPlanner:
         _, groups = plan_groups([prompt_tokens], sorted(free_blocks, reverse=True),
                                 self.block_size, self.cost, max_group_size=self.max_k)
         return groups[0].i1 - groups[0].i0 if groups else 1
+
+    def joins_pending_ring(self, prompt_tokens: int, pending_tokens: list[int], k: int) -> bool:
+        """Should a prompt that finds no instances free for its own parallel prefill join a
+        ring over ``k`` instances that prefills ``pending_tokens`` in the next step?
+
+        LoongServe's batching objective (the DP's Σ T_group · Σ 1/l: each prompt's prefill
+        time per token) over the two choices left: one batched ring now, or the pending ring
+        alone and then this prompt on its best k' <= k of those instances. The prompt must
+        also fill a block per instance (the ring's equal chunks).
+        """
+        if not 2 <= k <= self.max_k or not pending_tokens \
+                or prompt_tokens <= (k - 1) * self.block_size:
+            return False
+        t = self.cost.prefill_time
+        s1, s2 = sum(pending_tokens), sum(x * x for x in pending_tokens)
+        inv = sum(1.0 / x for x in pending_tokens)
+        l = prompt_tokens
+        joined = t(k, s1 + l, s2 + l * l) * (inv + 1.0 / l)
+        alone = t(k, s1, s2)
+        after = min(t(j, l, l * l) for j in self.cost.prefill if j <= k)
+        return joined < alone * inv + (alone + after) / l

@@ -152,9 +152,24 @@ class ESPScheduler(SchedulerInterface):
         """Ask the global manager how many instances should prefill this request."""
         k = self.prefill_planner.instances_for(request.num_tokens,
                                                self.spans.blocks_for_parallel_prefill())
+        if k == 1 and self.spans.batch_rings:
+            k = self._ring_to_join(request)
         if k > 1:
             self.spans.planned_prefill[request.request_id] = k
         self.planned_prefills[k] += 1
+
+    def _ring_to_join(self, request: Request) -> int:
+        """No instances are free for its own ring: the manager's batching step may still put
+        it into a ring that runs next step (its holders then prefill both). Returns that
+        ring's size (1: none), and the rings it may join."""
+        rings = [holders for holders, tokens in self.spans.pending_rings().items()
+                 if self.prefill_planner.joins_pending_ring(request.num_tokens, tokens,
+                                                            len(holders))]
+        if not rings:
+            return 1
+        k = len(rings[0])
+        self.spans.rings_to_join[request.request_id] = [h for h in rings if len(h) == k]
+        return k
 
     def _dispatch(self, request: Request) -> None:
         """A request on one instance, chosen by the pool."""

@@ -122,6 +122,8 @@ class SpanManager:
         self._rings_now: list[SpanningRequest] = []  # ring prefills of the step being planned
         # request id -> instances the global manager gave its prefill (KV kept on one if it fits)
         self.planned_prefill: dict[str, int] = {}
+        # request id -> holders of the pending rings the global manager let it join
+        self.rings_to_join: dict[str, list[tuple[int, ...]]] = {}
         self.reserved: set[int] = set()  # instances holding a parallel prefill not yet run
         self.spans: dict[str, SpanningRequest] = {}  # real request id -> span
         self.view_of: dict[str, tuple[str, int]] = {}  # view request id -> (real id, chunk)
@@ -212,6 +214,7 @@ class SpanManager:
         the caller runs it as a plain request (chunks in turn would only be slower)."""
         prefill_only = requested_instances(request) == 1 and \
             self.prefill_instances_wanted(request) > 1 and not self._outgrows_one_pool(request)
+        allowed = self.rings_to_join.pop(request.request_id, None)
         try:
             holders, bounds = self.place(request)
         except ValueError:
@@ -222,9 +225,8 @@ class SpanManager:
         span = SpanningRequest(request, holders, bounds)
         span.parallel = len(holders) > 1 and self.parallel_prefill and \
             self._room_for_parallel_prefill(span)
-        if not span.parallel and not prefill_only and len(holders) > 1 and self.batch_rings \
-                and self.parallel_prefill:
-            span = self._join_pending_ring(request, len(holders)) or span
+        if not span.parallel and len(holders) > 1 and self.batch_rings and self.parallel_prefill:
+            span = self._join_pending_ring(request, len(holders), allowed) or span
         span.keep_on_master = span.parallel and self._fits_master(span)
         self.planned_prefill.pop(request.request_id, None)
         if prefill_only and not span.keep_on_master:
@@ -248,23 +250,35 @@ class SpanManager:
             self._start_chunk(span, 0)
         return span.master
 
-    def _join_pending_ring(self, request: Request, k: int) -> SpanningRequest | None:
-        """LoongServe batches several requests in one ring prefill. A spanning request whose
-        own holders are taken by a parallel prefill that has not run yet joins that prefill
+    def _join_pending_ring(self, request: Request, k: int,
+                           allowed: list[tuple[int, ...]] | None = None) -> SpanningRequest | None:
+        """LoongServe batches several requests in one ring prefill. A request whose own
+        holders are taken by a parallel prefill that has not run yet joins that prefill
         (same instances, same ring order, equal chunks of its own) when every holder's stock
         scheduler can run both chunks in the next step; the two then share one ring (one
-        message per hop carries both shards). None if no pending ring can take it."""
+        message per hop carries both shards). ``allowed``: only rings over these holders
+        (the global manager's choice for a prefill-only request). None if no pending ring
+        can take it."""
         bounds = self._even_bounds(request.num_tokens, k)
         if len(bounds) - 1 != k:
             return None
         for other in self._pending_parallel():
-            if len(other.holders) != k or not self._ring_possible(other):
+            if len(other.holders) != k or not self._ring_possible(other) \
+                    or (allowed is not None and tuple(other.holders) not in allowed):
                 continue
             span = SpanningRequest(request, list(other.holders), bounds)
             if self._ring_possible(span) and self._room_for_parallel_prefill(span, join=True):
                 span.parallel = True
                 return span
         return None
+
+    def pending_rings(self) -> dict[tuple[int, ...], list[int]]:
+        """Rings that run next step: holders (in ring order) -> their prompts' tokens."""
+        rings: dict[tuple[int, ...], list[int]] = {}
+        for span in self._pending_parallel():
+            if self._ring_possible(span):
+                rings.setdefault(tuple(span.holders), []).append(span.request.num_tokens)
+        return rings
 
     def _pending_parallel(self) -> list[SpanningRequest]:
         """Parallel prefills admitted (chunks queued, holders reserved) but not run yet."""

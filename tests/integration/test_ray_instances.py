@@ -74,11 +74,15 @@ def monkeypatch_module():
 def ray_run(tiny_models, cluster):
     prompts, params = _workload()
 
-    def node_of(worker) -> str | None:  # nested: pickled by value into the workers
+    def placement(worker):  # nested: pickled by value into the workers
+        import os
+
         import ray
+        import torch
 
         in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
-        return ray.get_runtime_context().get_node_id() if in_actor else None
+        node = ray.get_runtime_context().get_node_id() if in_actor else None
+        return node, sorted(os.sched_getaffinity(0)), torch.get_num_threads()
 
     import ray
 
@@ -90,7 +94,7 @@ def ray_run(tiny_models, cluster):
             run = {
                 "out": llm.generate(prompts, params, use_tqdm=False),
                 "instance_types": [type(i).__name__ for i in executor.instances],
-                "nodes": llm.collective_rpc(node_of),
+                "placement": llm.collective_rpc(placement),
                 "comm": llm.collective_rpc("esp_comm_calls"),
             }
         finally:
@@ -101,7 +105,18 @@ def ray_run(tiny_models, cluster):
 
 def test_each_instance_is_ray_actors_on_its_own_node(ray_run, cluster):
     assert ray_run["instance_types"] == ["RayExecutorV2", "RayExecutorV2"]
-    assert set(ray_run["nodes"]) == cluster["workers"]  # one per node, none on the head
+    nodes = {node for node, _, _ in ray_run["placement"]}
+    assert nodes == cluster["workers"]  # one per node, none on the head
+
+
+def test_ray_workers_get_their_instance_cores(ray_run):
+    # as vLLM's process executor binds its workers: OpenMP threads on the instance's cores
+    # (without it both workers ran 2 threads on both cores, 30-50x slower here)
+    from vllm_esp.config import ESPConfig
+    from vllm_esp.integration.cpu_binding import per_instance
+
+    cores = [[int(c) for c in b.split(",")] for b in per_instance(ESPConfig(instances=2))]
+    assert [(aff, n) for _, aff, n in ray_run["placement"]] == [(c, len(c)) for c in cores]
 
 
 def test_ray_instances_match_stock(ray_run, tiny_models):

@@ -47,3 +47,31 @@ def per_instance(esp: ESPConfig, env: dict[str, str] | None = None) -> list[str]
     else:
         workers = even_split(esp.num_workers, sorted(os.sched_getaffinity(0)))
     return ["|".join(workers[i * esp.tp:(i + 1) * esp.tp]) for i in range(esp.instances)]
+
+
+# what vLLM's OMPProcessManager.configure_omp_envs may set for a worker it spawns
+OMP_KEYS = ("OMP_NUM_THREADS", "OMP_PLACES", "OMP_PROC_BIND", "KMP_AFFINITY", "KMP_BLOCKTIME",
+            "KMP_TPAUSE", "GOMP_CPU_AFFINITY")
+
+
+def omp_env(config, bind: str, tp: int) -> dict[str, str]:
+    """The OpenMP environment vLLM's process executor gives a worker bound to ``bind``.
+
+    vLLM applies the binding when its ``MultiprocExecutor`` spawns a CPU worker (OpenMP reads
+    it when the worker loads torch); Ray actors are not spawned by it, so a Ray instance's
+    workers get it in their runtime env. One env serves all workers of an instance: with
+    TP > 1 they only get the thread count (not the placement of rank 0's cores).
+    """
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    old = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    try:
+        with OMPProcessManager(config).configure_omp_envs(rank=0, local_rank=0):
+            env = {k: os.environ[k] for k in OMP_KEYS if k in os.environ}
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+        else:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = old
+    return env if tp == 1 else {k: v for k, v in env.items() if k == "OMP_NUM_THREADS"}

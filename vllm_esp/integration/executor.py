@@ -101,6 +101,8 @@ class ESPExecutor(Executor):
                             "(set VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes)", gib)
         env = {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env}
         if self.esp.instance_backend == "ray":
+            if _on_cpu() and bind is not None:
+                env.update(cpu_binding.omp_env(config, bind, self.esp.tp))
             group = ray_instances.start(config, index, env)
         else:
             with contextlib.ExitStack() as stack:

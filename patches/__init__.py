@@ -29,7 +29,8 @@ PATCH_MODULES = (
 # Applied only when their feature is used (they import optional packages), by that feature.
 ON_DEMAND_MODULES = (
     # --esp-instance-backend ray on the CPU build: vLLM's CPU platform declares no Ray device.
-    # The ESP executor applies it, and its Ray job's worker_process_setup_hook in every actor.
+    # The ESP executor applies it, and the actors' runtime env runs it as their
+    # worker_process_setup_hook.
     "vllm_esp_patches.ray_cpu",
 )
 

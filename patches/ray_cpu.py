@@ -13,8 +13,8 @@ changes:
 * ``RayExecutorV2._get_actor_resource_kwargs``: no ``resources={"CPU": n}`` (Ray only takes
   CPUs as ``num_cpus``); the actor's CPU is its placement-group bundle.
 
-The actors run it too, before vLLM loads any plugin: the ESP executor starts Ray with
-``setup_ray_worker`` as the job's ``worker_process_setup_hook``.
+The actors run it too, before vLLM loads any plugin: the ESP executor puts
+``setup_ray_worker`` in each instance's runtime env as its ``worker_process_setup_hook``.
 """
 
 from __future__ import annotations

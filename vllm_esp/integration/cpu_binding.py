@@ -54,8 +54,10 @@ OMP_KEYS = ("OMP_NUM_THREADS", "OMP_PLACES", "OMP_PROC_BIND", "KMP_AFFINITY", "K
             "KMP_TPAUSE", "GOMP_CPU_AFFINITY")
 
 
-def omp_env(config, bind: str, tp: int) -> dict[str, str]:
-    """The OpenMP environment vLLM's process executor gives a worker bound to ``bind``.
+def omp_env(config, tp: int) -> dict[str, str]:
+    """The OpenMP environment vLLM's process executor gives a worker it spawns with the
+    ``VLLM_CPU_OMP_THREADS_BIND`` now set (the caller sets the instance's binding, as for its
+    process instances).
 
     vLLM applies the binding when its ``MultiprocExecutor`` spawns a CPU worker (OpenMP reads
     it when the worker loads torch); Ray actors are not spawned by it, so a Ray instance's
@@ -64,14 +66,6 @@ def omp_env(config, bind: str, tp: int) -> dict[str, str]:
     """
     from vllm.utils.ompmultiprocessing import OMPProcessManager
 
-    old = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
-    try:
-        with OMPProcessManager(config).configure_omp_envs(rank=0, local_rank=0):
-            env = {k: os.environ[k] for k in OMP_KEYS if k in os.environ}
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-        else:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = old
+    with OMPProcessManager(config).configure_omp_envs(rank=0, local_rank=0):
+        env = {k: os.environ[k] for k in OMP_KEYS if k in os.environ}
     return env if tp == 1 else {k: v for k, v in env.items() if k == "OMP_NUM_THREADS"}

@@ -100,14 +100,14 @@ class ESPExecutor(Executor):
                 logger.info("KV cache per CPU worker defaults to %.1f GiB "
                             "(set VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes)", gib)
         env = {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env}
-        if self.esp.instance_backend == "ray":
-            if _on_cpu() and bind is not None:
-                env.update(cpu_binding.omp_env(config, bind, self.esp.tp))
-            group = ray_instances.start(config, index, env)
-        else:
-            with contextlib.ExitStack() as stack:
-                for key, value in env.items():
-                    stack.enter_context(_env(key, value))
+        with contextlib.ExitStack() as stack:
+            for key, value in env.items():
+                stack.enter_context(_env(key, value))
+            if self.esp.instance_backend == "ray":  # the actors get the env in their runtime env
+                if _on_cpu():
+                    env.update(cpu_binding.omp_env(config, self.esp.tp))
+                group = ray_instances.start(config, index, env)
+            else:
                 group = MultiprocExecutor(config)
         group.register_failure_callback(self._on_instance_failure)
         return group

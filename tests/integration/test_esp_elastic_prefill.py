@@ -16,7 +16,7 @@ import pytest
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 
-from vllm_esp.planner.cost_model import CostModel, Linear3, ProfileMeta
+from vllm_esp.planner.cost_model import Linear3
 from vllm_esp.testing.compare import assert_same_outputs
 from vllm_esp.testing.engines import (
     MiB,
@@ -28,6 +28,8 @@ from vllm_esp.testing.engines import (
     record_kv_usage,
 )
 
+from tests.planner.helpers import cost_model
+
 POOL = 2 * MiB  # per instance: 15 usable blocks of 128 tokens
 MAX_LEN = 3072
 
@@ -35,12 +37,8 @@ MAX_LEN = 3072
 def _profile(path) -> str:
     """Two instances: 5 ms more fixed cost, half the per-token cost (wins above ~480
     tokens)."""
-    cost = CostModel(
-        meta=ProfileMeta(model="tiny-llama", dtype="float32", tp_size=1, device="test",
-                         source="estimated", notes="synthetic: k=2 wins for long prompts"),
-        prefill={1: Linear3(0.001, 2e-5, 1e-9), 2: Linear3(0.006, 1e-5, 0.5e-9)},
-        decode={1: Linear3(0.001, 1e-5, 1e-8)},
-        kv_bytes_per_token=1024, migration_bandwidth=1e9)
+    cost = cost_model({1: Linear3(0.001, 2e-5, 1e-9), 2: Linear3(0.006, 1e-5, 0.5e-9)},
+                      decode={1: Linear3(0.001, 1e-5, 1e-8)})
     cost.save(path)
     return str(path)
 

@@ -39,17 +39,21 @@ def test_bad_sizes_are_refused():
 
 def test_the_planner_spreads_only_where_its_profile_measured_a_gain():
     from vllm_esp.integration.elastic_prefill import PrefillPlanner
-    from vllm_esp.planner.cost_model import CostModel, Linear3, ProfileMeta
+    from tests.planner.helpers import cost_model
+    from vllm_esp.planner.cost_model import Linear3
 
     def model(prefill):
-        return CostModel(meta=ProfileMeta("m", "float32", 1, "test"), prefill=prefill,
-                         decode={1: Linear3(0.001, 1e-5, 1e-8)}, kv_bytes_per_token=1024,
-                         migration_bandwidth=1e9)
+        return cost_model(prefill, decode={1: Linear3(0.001, 1e-5, 1e-8)})
 
     two_wins_long = PrefillPlanner(model({1: Linear3(0.001, 2e-5, 1e-9),
                                           2: Linear3(0.006, 1e-5, 0.5e-9)}), 128)
-    assert two_wins_long.instances_for(1500, [15, 15, 15]) == 2
-    assert two_wins_long.instances_for(200, [15, 15, 15]) == 1
-    assert two_wins_long.instances_for(1500, [15]) == 1  # one instance free
+
+    def instances(planner, prompt, free):
+        groups, _ = planner.plan([prompt], free)
+        return len(groups[0].instances)
+
+    assert instances(two_wins_long, 1500, [15, 15, 15]) == 2
+    assert instances(two_wins_long, 200, [15, 15, 15]) == 1
+    assert instances(two_wins_long, 1500, [15]) == 1  # one instance free
     only_k1 = PrefillPlanner(model({1: Linear3(0.001, 2e-5, 1e-9)}), 128)
-    assert only_k1.instances_for(15000, [200, 200, 200, 200]) == 1  # never extrapolates
+    assert instances(only_k1, 15000, [200, 200, 200, 200]) == 1  # never extrapolates

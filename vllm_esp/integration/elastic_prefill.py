@@ -1,14 +1,18 @@
-"""How many instances prefill a request: the global manager's batching step in the engine.
+"""The global manager's batching step in the engine: which requests prefill together, where.
 
-For each new request the planner's dynamic program (``planner.batching.plan_groups``) is run
-over the instances that can take a parallel prefill in the next step (free blocks, most free
-first) with the cost profile ``T_prefill(k; S1, S2)``. The group size it picks is the request's
-prefill parallelism: with k > 1 the request is prefilled as a ring over k instances and its KV
-is kept on one of them when it fits (``spanning.SpanManager``). Plain data, no torch.
+Once per engine step, the requests that arrived since the last step (at most
+``MAX_REQUESTS_PER_STEP``) are planned together by the planner's dynamic program
+(``planner.batching.plan_groups``, the code the simulator drives): prompts sorted by length,
+the instances that can take a parallel prefill next step sorted by free blocks, and the cost
+profile ``T_prefill(k; S1, S2)``. Each group of the optimal batching is a run of prompts on a
+run of instances: one instance means those prompts are dispatched there; k > 1 means they
+are prefilled together by one ring over those k instances, each keeping its KV on the ring's
+master when it fits (``spanning.SpanManager``). Plain data, no torch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_esp.planner.batching import plan_groups
@@ -26,6 +30,18 @@ def load_profile(name_or_path: str) -> CostModel:
                      f"({', '.join(builtin_profiles())})")
 
 
+MAX_REQUESTS_PER_STEP = 32  # bounds the DP (the simulator's ManagerConfig.max_prefill_requests)
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillGroup:
+    """Prompts prefilled together on instances (indices into the lists given to ``plan``)."""
+
+    prompts: list[int]
+    instances: list[int]
+    time: float  # predicted prefill time, seconds
+
+
 class PrefillPlanner:
     def __init__(self, cost: CostModel, block_size: int):
         self.cost = cost
@@ -34,32 +50,22 @@ class PrefillPlanner:
         # ideal scaling (a k = 1 profile would otherwise spread every prompt)
         self.max_k = max(cost.prefill)
 
-    def instances_for(self, prompt_tokens: int, free_blocks: list[int]) -> int:
-        """Instances for one prompt, given the free blocks of the instances that could take
-        part now. 1 when nothing better is predicted (or nothing fits)."""
-        if prompt_tokens < 1 or len(free_blocks) < 2 or self.max_k < 2:
-            return 1
-        _, groups = plan_groups([prompt_tokens], sorted(free_blocks, reverse=True),
-                                self.block_size, self.cost, max_group_size=self.max_k)
-        return groups[0].i1 - groups[0].i0 if groups else 1
-
-    def joins_pending_ring(self, prompt_tokens: int, pending_tokens: list[int], k: int) -> bool:
-        """Should a prompt that finds no instances free for its own parallel prefill join a
-        ring over ``k`` instances that prefills ``pending_tokens`` in the next step?
-
-        LoongServe's batching objective (the DP's Σ T_group · Σ 1/l: each prompt's prefill
-        time per token) over the two choices left: one batched ring now, or the pending ring
-        alone and then this prompt on its best k' <= k of those instances. The prompt must
-        also fill a block per instance (the ring's equal chunks).
-        """
-        if not 2 <= k <= self.max_k or not pending_tokens \
-                or prompt_tokens <= (k - 1) * self.block_size:
-            return False
-        t = self.cost.prefill_time
-        s1, s2 = sum(pending_tokens), sum(x * x for x in pending_tokens)
-        inv = sum(1.0 / x for x in pending_tokens)
-        l = prompt_tokens
-        joined = t(k, s1 + l, s2 + l * l) * (inv + 1.0 / l)
-        alone = t(k, s1, s2)
-        after = min(t(j, l, l * l) for j in self.cost.prefill if j <= k)
-        return joined < alone * inv + (alone + after) / l
+    def plan(self, prompt_tokens: list[int],
+             free_blocks: list[int]) -> tuple[list[PrefillGroup], list[int]]:
+        """The optimal batching of these prompts over instances with these free blocks
+        (LoongServe's objective Σ T_group · Σ 1/l). Returns the groups and the prompts left
+        out: when no batching fits the free blocks, the longest prompts are left out first
+        (the caller queues them where there is most room)."""
+        order = sorted(range(len(prompt_tokens)), key=lambda r: (prompt_tokens[r], r))
+        order = [r for r in order if prompt_tokens[r] > 0]
+        insts = sorted(range(len(free_blocks)), key=lambda i: (-free_blocks[i], i))
+        left: list[int] = [r for r in range(len(prompt_tokens)) if prompt_tokens[r] < 1]
+        while order and insts:
+            _, groups = plan_groups([prompt_tokens[r] for r in order],
+                                    [free_blocks[i] for i in insts], self.block_size,
+                                    self.cost, max_group_size=self.max_k)
+            if groups:
+                return [PrefillGroup(order[g.r0:g.r1], insts[g.i0:g.i1], g.time)
+                        for g in groups], left
+            left.append(order.pop())
+        return [], left + order

@@ -68,14 +68,15 @@ class DistributedKVPool:
             if r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
         )
 
-    def choose_instance(self, request: Request) -> int:
-        """Most free KV after queued demand; ties go to the instance with fewest requests."""
+    def choose_instance(self, request: Request, among: list[int] | None = None) -> int:
+        """Most free KV after queued demand; ties go to the instance with fewest requests.
+        ``among``: only these instances."""
 
         def key(i: int):
             headroom = self.free_blocks(i) - self.pending_demand(i)
             return (-headroom, len(self.schedulers[i].requests), i)
 
-        return min(range(self.num_instances), key=key)
+        return min(among or range(self.num_instances), key=key)
 
     def assign(self, request_id: str, instance: int) -> None:
         self.instance_of[request_id] = instance

@@ -3,8 +3,9 @@
 Every instance runs a vLLM ``Scheduler`` (or a subclass chosen by ``--esp-policy``) over its
 own block pool, so admission, chunked prefill, prefix caching, recompute preemption, stop
 handling and output processing stay vLLM's code. The ESP scheduler dispatches each new request
-to an instance, gathers the per-instance outputs into one step for the executor, routes the
-results back, and aggregates stats. A request whose prompt does not fit one instance, or
+to an instance (with a cost profile, the global manager's batching step plans each step's new
+requests together: which share a ring prefill, which go where), gathers the per-instance
+outputs into one step for the executor, routes the results back, and aggregates stats. A request whose prompt does not fit one instance, or
 whose decode outgrows its instance while others have free blocks, is spread over several
 instances by the ``SpanManager`` (contiguous chunks; see ``spanning.py``).
 """
@@ -28,7 +29,11 @@ from vllm.v1.request import Request, RequestStatus
 
 from vllm_esp import envs
 from vllm_esp.config import ESPConfig
-from vllm_esp.integration.elastic_prefill import PrefillPlanner, load_profile
+from vllm_esp.integration.elastic_prefill import (
+    MAX_REQUESTS_PER_STEP,
+    PrefillPlanner,
+    load_profile,
+)
 from vllm_esp.integration.kv_pool import DistributedKVPool
 from vllm_esp.integration.span_plan import PLAN_ATTR
 from vllm_esp.integration.spanning import SpanManager
@@ -100,6 +105,7 @@ class ESPScheduler(SchedulerInterface):
         # spanning requests waiting for free blocks (admitted in order as pools free up), and
         # requests that cannot fit even in idle pools (finished with an error next step)
         self.pending_spans: list[Request] = []
+        self.arrivals: list[Request] = []  # new requests the manager plans at the next step
         self.rejected: list[Request] = []
         self.planned_prefills: Counter[int] = Counter()  # manager's choice: instances -> reqs
         self.num_preemptions = [0] * self.esp.instances  # cumulative, per instance
@@ -122,8 +128,6 @@ class ESPScheduler(SchedulerInterface):
     # ---- requests in and out ----------------------------------------------------------
     def add_request(self, request: Request) -> None:
         instance = self.pool.instance_of.get(request.request_id)
-        if instance is None and self.prefill_planner is not None:
-            self._plan_prefill(request)
         try:
             span = instance is None and self.esp.instances > 1 and self.spans.needs_span(request)
         except ValueError as e:  # a bad per-request ESP option: fail this request only
@@ -140,40 +144,70 @@ class ESPScheduler(SchedulerInterface):
                 self.pending_spans.append(request)
                 self._admit_spans()
             return
-        if instance is None:  # a new request (not a streaming-input continuation)
-            self._dispatch(request)
-        else:
+        if instance is not None:  # a streaming-input continuation
             self.instances[instance].add_request(request)
+        elif self.prefill_planner is not None:
+            self.arrivals.append(request)  # planned with this step's other arrivals
+        else:
+            self._dispatch(request)
 
     def _may_swap(self, request: Request) -> bool:
         return request.request_id not in self.spans.view_of
 
-    def _plan_prefill(self, request: Request) -> None:
-        """Ask the global manager how many instances should prefill this request."""
-        k = self.prefill_planner.instances_for(request.num_tokens,
-                                               self.spans.blocks_for_parallel_prefill())
-        if k == 1 and self.spans.batch_rings:
-            k = self._ring_to_join(request)
-        if k > 1:
-            self.spans.planned_prefill[request.request_id] = k
-        self.planned_prefills[k] += 1
+    def _plan_arrivals(self) -> None:
+        """The global manager's batching step over the requests that arrived since the last
+        step (``PrefillPlanner.plan``): a group on one instance is dispatched there, a group
+        on k > 1 instances is prefilled by one ring over them. Rings are set up first, so
+        their chunks are queued ahead of plain requests; plain requests keep their arrival
+        order on each instance (vLLM's FCFS)."""
+        batch = self.arrivals[:MAX_REQUESTS_PER_STEP]
+        del self.arrivals[:MAX_REQUESTS_PER_STEP]
+        spare = self.spans.blocks_for_parallel_prefill()
+        if len(spare) < 2:  # nothing to plan over: most headroom, as without a profile
+            groups, left = [], list(range(len(batch)))
+        else:
+            groups, left = self.prefill_planner.plan([r.num_tokens for r in batch],
+                                                     list(spare.values()))
+        plain: dict[int, list[int] | None] = {r: None for r in left}
+        ids = list(spare)
+        for g in groups:
+            instances = [ids[i] for i in g.instances]
+            self.planned_prefills[len(instances)] += len(g.prompts)
+            if len(instances) > 1:
+                ringless = self._prefill_together([batch[r] for r in g.prompts], instances)
+                plain.update({r: instances for r in g.prompts if batch[r] in ringless})
+            else:
+                plain.update({r: instances for r in g.prompts})
+        if left:
+            self.planned_prefills[1] += len(left)
+        for r in sorted(plain):
+            self._dispatch(batch[r], plain[r])
 
-    def _ring_to_join(self, request: Request) -> int:
-        """No instances are free for its own ring: the manager's batching step may still put
-        it into a ring that runs next step (its holders then prefill both). Returns that
-        ring's size (1: none), and the rings it may join."""
-        rings = [holders for holders, tokens in self.spans.pending_rings().items()
-                 if self.prefill_planner.joins_pending_ring(request.num_tokens, tokens,
-                                                            len(holders))]
-        if not rings:
-            return 1
-        k = len(rings[0])
-        self.spans.rings_to_join[request.request_id] = [h for h in rings if len(h) == k]
-        return k
+    def _prefill_together(self, requests: list[Request], instances: list[int]) -> list[Request]:
+        """One ring over ``instances`` prefills ``requests``, each keeping its KV on the
+        ring's master; the longest opens the ring, the others join it. Returns those that
+        cannot take part (too short for a chunk per instance, no room on the master)."""
+        ring: tuple[int, ...] | None = None
+        ringless = []
+        for request in sorted(requests, key=lambda r: -r.num_tokens):
+            rid = request.request_id
+            self.spans.planned_prefill[rid] = len(instances)
+            self.spans.planned_instances[rid] = instances
+            if ring is not None:
+                self.spans.rings_to_join[rid] = [ring]
+            master = self.spans.add(request)
+            if master is None:
+                ringless.append(request)
+                continue
+            self._assign(request, master)
+            span = self.spans.spans[rid]
+            if ring is None and span.parallel:
+                ring = tuple(span.holders)
+        return ringless
 
-    def _dispatch(self, request: Request) -> None:
-        """A request on one instance, chosen by the pool."""
-        instance = self.pool.choose_instance(request)
+    def _dispatch(self, request: Request, among: list[int] | None = None) -> None:
+        """A request on one instance: the pool's choice (most headroom), ``among`` these."""
+        instance = self.pool.choose_instance(request, among)
         self._assign(request, instance)
         self.spans.prefill_instances[1] += 1
         self.instances[instance].add_request(request)
@@ -210,9 +244,9 @@ class ESPScheduler(SchedulerInterface):
             self._assign(request, instance)
 
     def _take_unplaced(self, request_ids, status: RequestStatus) -> list[Request]:
-        """Finish requests the instances never saw (pending or rejected spans)."""
+        """Finish requests the instances never saw (new arrivals, pending or rejected spans)."""
         taken = []
-        for queue in (self.pending_spans, self.rejected):
+        for queue in (self.arrivals, self.pending_spans, self.rejected):
             keep = []
             for r in queue:
                 if request_ids is None or r.request_id in request_ids:
@@ -251,6 +285,8 @@ class ESPScheduler(SchedulerInterface):
     # ---- the step --------------------------------------------------------------------
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
         self._admit_spans()
+        if self.arrivals:
+            self._plan_arrivals()
         if len(self.instances) > 1:
             self.spans.start_next_chunks()
             self._scale_up()
@@ -379,19 +415,20 @@ class ESPScheduler(SchedulerInterface):
 
     # ---- state queries ---------------------------------------------------------------
     def get_num_unfinished_requests(self) -> int:
-        unplaced = len(self.pending_spans) + len(self.rejected)
+        unplaced = len(self.arrivals) + len(self.pending_spans) + len(self.rejected)
         return unplaced + sum(s.get_num_unfinished_requests() for s in self.instances)
 
     def has_finished_requests(self) -> bool:
         return any(s.has_finished_requests() for s in self.instances)
 
     def has_requests(self) -> bool:
-        return bool(self.pending_spans or self.rejected) or any(
+        return bool(self.arrivals or self.pending_spans or self.rejected) or any(
             s.has_requests() for s in self.instances)
 
     def get_request_counts(self) -> tuple[int, int]:
         counts = [s.get_request_counts() for s in self.instances]
-        waiting = sum(c[1] for c in counts) + len(self.pending_spans) + len(self.rejected)
+        waiting = sum(c[1] for c in counts) + len(self.arrivals) + len(self.pending_spans) \
+            + len(self.rejected)
         return sum(c[0] for c in counts), waiting
 
     def get_kv_cache_usage(self) -> float:

@@ -122,6 +122,8 @@ class SpanManager:
         self._rings_now: list[SpanningRequest] = []  # ring prefills of the step being planned
         # request id -> instances the global manager gave its prefill (KV kept on one if it fits)
         self.planned_prefill: dict[str, int] = {}
+        # request id -> the instances the global manager gave its prefill ring
+        self.planned_instances: dict[str, list[int]] = {}
         # request id -> holders of the pending rings the global manager let it join
         self.rings_to_join: dict[str, list[tuple[int, ...]]] = {}
         self.reserved: set[int] = set()  # instances holding a parallel prefill not yet run
@@ -149,17 +151,20 @@ class SpanManager:
             return True
         return self._outgrows_one_pool(request)
 
-    def place(self, request: Request) -> tuple[list[int], list[int]]:
+    def place(self, request: Request,
+              among: list[int] | None = None) -> tuple[list[int], list[int]]:
         """Holders and chunk bounds: the master is the instance with most headroom and keeps
         the tail of the tokens; earlier chunks fill the others in whole blocks, most
-        headroom first. Decode tokens grow on the master and scale up when it is full."""
+        headroom first. Decode tokens grow on the master and scale up when it is full.
+        ``among``: a parallel prefill over exactly these instances (the global manager's)."""
         bs = self.block_size
         n = self.pool.num_instances
         headroom = {i: self.pool.free_blocks(i) - self.pool.pending_demand(i) for i in range(n)}
-        order = sorted(range(n), key=lambda i: (-headroom[i], i))
+        order = sorted(among or range(n), key=lambda i: (-headroom[i], i))
         master, others = order[0], order[1:]
         tokens = request.num_tokens  # prompt (+ outputs of a request placed again)
-        k = min(n, max(requested_instances(request), self.prefill_instances_wanted(request)))
+        k = min(len(order), max(requested_instances(request),
+                                self.prefill_instances_wanted(request)))
         if k > 1:
             return self._place_evenly(request, order[:k], headroom)
         prefix = max(0, tokens + 1 - headroom[master] * bs)
@@ -215,8 +220,9 @@ class SpanManager:
         prefill_only = requested_instances(request) == 1 and \
             self.prefill_instances_wanted(request) > 1 and not self._outgrows_one_pool(request)
         allowed = self.rings_to_join.pop(request.request_id, None)
+        among = self.planned_instances.pop(request.request_id, None)
         try:
-            holders, bounds = self.place(request)
+            holders, bounds = self.place(request, among)
         except ValueError:
             if prefill_only:  # no room for the chunks now: one instance does it
                 self.planned_prefill.pop(request.request_id, None)
@@ -272,25 +278,17 @@ class SpanManager:
                 return span
         return None
 
-    def pending_rings(self) -> dict[tuple[int, ...], list[int]]:
-        """Rings that run next step: holders (in ring order) -> their prompts' tokens."""
-        rings: dict[tuple[int, ...], list[int]] = {}
-        for span in self._pending_parallel():
-            if self._ring_possible(span):
-                rings.setdefault(tuple(span.holders), []).append(span.request.num_tokens)
-        return rings
-
     def _pending_parallel(self) -> list[SpanningRequest]:
         """Parallel prefills admitted (chunks queued, holders reserved) but not run yet."""
         return [s for s in self.spans.values() if s.parallel and not s.prefilled]
 
-    def blocks_for_parallel_prefill(self) -> list[int]:
-        """Free blocks (after their running requests' next step) of the instances that could
-        take part in a parallel prefill next step: not reserved, only decodes running, no
-        KV-holding request queued."""
-        spare = [self._spare_blocks(i) for i in range(len(self.schedulers))
-                 if self._idle_for_parallel_prefill(i)]
-        return [n for n in spare if n > 0]  # a helper holds its chunk's blocks during the step
+    def blocks_for_parallel_prefill(self) -> dict[int, int]:
+        """Free blocks (after their running requests' next step), by instance, of the
+        instances that could take part in a parallel prefill next step: not reserved, only
+        decodes running, no KV-holding request queued."""
+        spare = {i: self._spare_blocks(i) for i in range(len(self.schedulers))
+                 if self._idle_for_parallel_prefill(i)}
+        return {i: n for i, n in spare.items() if n > 0}  # a helper holds its chunk's blocks
 
     def _idle_for_parallel_prefill(self, i: int, pending: frozenset[str] = frozenset()) -> bool:
         """Not reserved by another parallel prefill, only decodes running (no chunked prefill

@@ -47,11 +47,14 @@ import statistics
 import time
 from pathlib import Path
 
-CONFIGS = {"stock": None, "esp-1": 1, "esp-2": 2, "esp-4": 4, "esp-2-ray": 2}
+CONFIGS = {"stock": None, "esp-1": 1, "esp-2": 2, "esp-4": 4, "esp-2-ray": 2, "esp-2-plan": 2}
 DEFAULT_CONFIGS = "stock,esp-1,esp-2,esp-4"
 # instance backend of a config (default: worker processes, "mp"); "ray" starts a local Ray
 # unless RAY_ADDRESS names a cluster
 BACKENDS = {"esp-2-ray": "ray"}
+# the global manager plans each step's new requests with this cost profile (the built-in one
+# measured on a 2-core CPU has k = 1 only: it decides dispatch, never a ring)
+PROFILES = {"esp-2-plan": "measured_cpu_tiny-llama"}
 MiB = 1 << 20
 BLOCK = 128  # tokens per KV block (vLLM's CPU default)
 KV_BYTES_PER_TOKEN = 1024  # tiny Llama float32: 2 layers x (K, V) x 2 KV heads x 32 dims x 4 B
@@ -174,11 +177,13 @@ def run_config(model: str, name: str, args, traces: dict, longest: bool) -> dict
     instances = CONFIGS[name]
     pool = int(args.pool_mib * MiB)
     capacity = capacity_tokens(pool) * (instances or 1)
-    backend = {"esp_instance_backend": BACKENDS[name]} if name in BACKENDS else {}
+    options = {"esp_instance_backend": BACKENDS[name]} if name in BACKENDS else {}
+    if name in PROFILES:
+        options["esp_profile"] = PROFILES[name]
     t0 = time.perf_counter()
     with engine_core_in_process(instances is not None and not args.esp_multiprocessing):
         llm = make_engine(model, instances, kv_cache_memory_bytes=pool, max_model_len=capacity,
-                          disable_log_stats=False, **backend)
+                          disable_log_stats=False, **options)
     res: dict = {"start_s": time.perf_counter() - t0, "max_model_len": capacity}
     try:
         res["pool_blocks"] = _pool_blocks(llm, instances)

@@ -49,10 +49,15 @@ class ESPConfig:
     # for its own step (its chunks then run one after another)
     batch_rings: bool = True
     # cost profile (path of a `vllm-esp profile` JSON, or a built-in name): the global manager's
-    # batching step then gives each request's prefill the instances that minimise its predicted
-    # time (a ring; the KV stays on one instance when it fits). None = spread only prompts that
-    # outgrow one instance's pool, or that ask for it
+    # batching step then plans each step's new requests together (which share a ring prefill
+    # over which instances, the KV kept on one instance when it fits; where the others go).
+    # None = new requests go where there is most room; only prompts that outgrow one
+    # instance's pool, or that ask for it, are spread
     profile: str | None = None
+    # multi-master decode: a spanning request whose master decodes more than this many
+    # requests continues on the least loaded holder of its KV when its next token needs a
+    # new block (LoongServe's mini-batch per master); 0 = masters change only by scale-up
+    decode_minibatch: int = 16
 
     def __post_init__(self):
         if not isinstance(self.instances, int) or self.instances < 1:
@@ -63,6 +68,10 @@ class ESPConfig:
             raise ValueError(
                 f"--esp-policy must be one of {', '.join(POLICY_CHOICES)}, got {self.policy!r}"
             )
+        if not isinstance(self.decode_minibatch, int) or isinstance(self.decode_minibatch, bool) \
+                or self.decode_minibatch < 0:
+            raise ValueError(f"esp.decode_minibatch must be a non-negative integer, "
+                             f"got {self.decode_minibatch!r}")
         if self.instance_backend not in INSTANCE_BACKEND_CHOICES:
             raise ValueError(f"--esp-instance-backend must be one of "
                              f"{', '.join(INSTANCE_BACKEND_CHOICES)}, got {self.instance_backend!r}")

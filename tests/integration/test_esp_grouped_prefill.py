@@ -32,6 +32,7 @@ from vllm_esp.testing.engines import (
     esp_scheduler,
     generate_once,
     make_engine,
+    record_placements,
 )
 
 from tests.planner.helpers import cost_model
@@ -113,9 +114,7 @@ def run(tiny_models, tmp_path_factory):
         out["three"] = llm.generate(*_three_long(), use_tqdm=False)
         out["three_stats"] = sched.esp_stats()
         out["three_comm"] = llm.collective_rpc("esp_comm_calls")
-        placed = out["placed"] = {}  # request id -> the instance it was first put on
-        assign = sched.pool.assign
-        sched.pool.assign = lambda rid, i: (placed.setdefault(rid, i), assign(rid, i))
+        out["placed"] = record_placements(sched)
         out["mixed"] = llm.generate(*_two_long_one_short(), use_tqdm=False)
         out["stats"] = sched.esp_stats()
         out["open_spans"] = dict(sched.spans.spans)
@@ -150,7 +149,7 @@ def test_the_manager_dispatches_a_short_prompt_apart_from_two_long_ones(run):
     assert stats["ring_prefills"] == 3  # no new ring
     # the pool's headroom alone would put the second long prompt next to the short one
     # (the engine's request ids carry a suffix after the user's)
-    at = {rid.rsplit("-", 1)[0]: i for rid, i in run["placed"].items()}
+    at = {rid.rsplit("-", 1)[0]: i[0] for rid, i in run["placed"].items()}
     long_a, short, long_b = (at[o.request_id] for o in run["mixed"])
     assert long_a == long_b != short, run["placed"]
     assert stats["spanning_requests"] == 0 and run["open_spans"] == {}

@@ -111,8 +111,8 @@ def test_request_spread_over_both_instances_matches_stock_and_shows_in_metrics(s
     assert _scalar(srv, "vllm_esp:requests_by_decode_instances", 'instances="2"') >= 1
     sent = _metric(srv, "vllm_esp:esp_bytes_sent")
     assert set(sent) == {"0", "1"} and all(v > 0 for v in sent.values())
-    for name in ("vllm_esp:num_scale_up", "vllm_esp:num_merge", "vllm_esp:num_scale_down",
-                 "vllm_esp:num_span_recompute"):
+    for name in ("vllm_esp:num_scale_up", "vllm_esp:num_merge", "vllm_esp:num_master_moves",
+                 "vllm_esp:num_scale_down", "vllm_esp:num_span_recompute"):
         assert _scalar(srv, name) is not None, name
 
 

@@ -96,7 +96,8 @@ def test_cli_executor_esp_folds_into_engine_args():
     assert ea.scheduler_cls == "vllm_esp.integration.scheduler.ESPScheduler"
     assert ea.additional_config["esp"] == {"instances": 3, "tp": 1, "policy": "fcfs",
                                            "parallel_prefill": True, "ring_prefill": True,
-                                           "batch_rings": True, "instance_backend": "mp"}
+                                           "batch_rings": True, "instance_backend": "mp",
+                                           "decode_minibatch": 16}
 
 
 def test_cli_instance_backend_flag():
@@ -183,7 +184,8 @@ def test_policy_flags_map_to_the_length_aware_scheduler():
     assert kw["additional_config"]["esp"] == {"instances": 1, "tp": 1, "policy": "alise",
                                               "predictor": "online", "aging_rate": 0.5,
                                               "parallel_prefill": True, "ring_prefill": True,
-                                              "batch_rings": True, "instance_backend": "mp"}
+                                              "batch_rings": True, "instance_backend": "mp",
+                                              "decode_minibatch": 16}
     # without --executor esp the policy applies to stock vLLM's single scheduler
     kw = apply_to_kwargs({"esp_policy": "sjf", "esp_predictor": "oracle"})
     assert kw["scheduler_cls"] == "vllm_esp.scheduling.AliseScheduler"

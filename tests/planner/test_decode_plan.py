@@ -64,3 +64,20 @@ def test_masters_form_minibatches_on_instances_with_room():
     (d,) = plan.decode
     loads = sorted(list(d.masters.values()).count(i) for i in range(3))
     assert loads == [2, 2, 2]
+
+
+def test_an_overloaded_master_hands_a_request_to_the_least_loaded_holder():
+    from vllm_esp.planner.decode_plan import relieve_master
+
+    free = {0: 5, 1: 5, 2: 5}
+    # master 0 decodes 4 requests, minibatch 2: the holder with fewest requests takes it
+    assert relieve_master({0: 4, 1: 3, 2: 1}, 0, [1, 0, 2], free, 2) == 2
+    # within the mini-batch: stay
+    assert relieve_master({0: 2, 1: 0}, 0, [1, 0], free, 2) is None
+    # only holders of its KV are candidates, and they need a free block
+    assert relieve_master({0: 4, 1: 0, 2: 0}, 0, [0, 2], {0: 5, 1: 5, 2: 0}, 2) is None
+    # the move must leave the new master below the old one: never swaps back
+    assert relieve_master({0: 3, 1: 2}, 0, [1, 0], free, 2) is None
+    assert relieve_master({0: 3, 1: 1}, 0, [1, 0], free, 2) == 1
+    # 0 turns it off
+    assert relieve_master({0: 9, 1: 0}, 0, [1, 0], free, 0) is None

@@ -33,6 +33,9 @@ _SCALARS = {
     "merge": ("vllm_esp:num_merge",
               "Of the scale-ups, decodes that joined an instance running other decodes (its "
               "batch and theirs now share it) so far."),
+    "master_moves": ("vllm_esp:num_master_moves",
+                     "Decodes moved to another holder of their KV because their master "
+                     "decoded more than esp.decode_minibatch requests, so far."),
     "scale_down": ("vllm_esp:num_scale_down",
                    "Instances released by requests after their prefill chunk so far."),
     "parallel_prefills": ("vllm_esp:num_parallel_prefills",

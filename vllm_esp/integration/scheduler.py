@@ -43,6 +43,7 @@ from vllm_esp.integration.outputs import (
     merge_grammar_outputs,
     merge_scheduler_outputs,
 )
+from vllm_esp.planner.decode_plan import relieve_master
 
 logger = init_logger(__name__)
 
@@ -290,6 +291,7 @@ class ESPScheduler(SchedulerInterface):
         if len(self.instances) > 1:
             self.spans.start_next_chunks()
             self._scale_up()
+            self._relieve_masters()
         outs = [s.schedule(throttle_prefills) for s in self.instances]
         for i, out in enumerate(outs):
             if out.preempted_req_ids:
@@ -326,10 +328,39 @@ class ESPScheduler(SchedulerInterface):
                 dst = self._scale_up_target(i, free, need)
                 if dst is None:
                     return  # the whole pool is full: vLLM preempts (recompute)
-                self.spans.migrate(r, i, dst, merge=self._decoding(dst))
+                self.spans.migrate(r, i, dst, "merge" if self._decoding(dst) else "scale-up")
                 self.pool.assign(r.request_id, dst)
                 need[i] -= 1
                 need[dst] += 1
+
+    def _relieve_masters(self) -> None:
+        """Multi-master decode: a spanning request whose master decodes more than
+        ``esp.decode_minibatch`` requests continues on the least loaded holder of its KV
+        (``planner.decode_plan.relieve_master``) when its next token needs a new block, so
+        the requests sharing instances are decoded by several masters. No KV moves."""
+        minibatch = self.esp.decode_minibatch
+        if not minibatch:
+            return
+        n = len(self.instances)
+        loads = {i: len(self.instances[i].running) for i in range(n)}
+        if max(loads.values()) <= minibatch:
+            return
+        free = {i: self.pool.free_blocks(i) - self.spans.blocks_needed(i)
+                for i in range(n) if i not in self.spans.reserved}
+        for span in list(self.spans.spans.values()):
+            r, src = span.request, span.master
+            if span.keep_on_master or not self.spans.can_migrate(r, src):
+                continue
+            dst = relieve_master(loads, src, span.holders, free, minibatch)
+            if dst is None:
+                continue
+            self.spans.migrate(r, src, dst, "relieve")
+            self.pool.assign(r.request_id, dst)
+            loads[src] -= 1
+            loads[dst] += 1
+            free[dst] -= 1
+            if src in free:
+                free[src] += 1  # its new block is no longer needed there
 
     def _decoding(self, instance: int) -> bool:
         return bool(self.instances[instance].running)
@@ -487,6 +518,7 @@ class ESPScheduler(SchedulerInterface):
             "spanning_requests": self.spans.num_spanning,
             "scale_up": self.spans.num_scale_up,
             "merge": self.spans.num_merge,
+            "master_moves": self.spans.num_master_moves,
             "scale_down": self.spans.num_scale_down,
             "span_recompute": self.spans.num_recompute,
             "parallel_prefills": self.spans.num_parallel_prefills,

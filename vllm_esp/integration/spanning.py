@@ -133,6 +133,7 @@ class SpanManager:
         self.num_spanning = 0  # requests whose KV was spread over several instances
         self.num_scale_up = 0  # decodes continued on an added instance
         self.num_merge = 0  # of those, onto an instance running decodes of its own (merge)
+        self.num_master_moves = 0  # decodes moved off a master running too many (relieve)
         self.num_scale_down = 0  # instances released by a request after its prefill chunk
         self.num_recompute = 0  # spanning requests preempted and placed again
         self.prefill_instances: Counter[int] = Counter()  # instances used per prefill
@@ -432,10 +433,13 @@ class SpanManager:
         return n == request.num_tokens - 1 and \
             self.held_blocks(instance, request.request_id) * self.block_size == n
 
-    def migrate(self, request: Request, src: int, dst: int, merge: bool = False) -> None:
-        """Scale up: the master's KV stays on ``src`` (a parked shadow takes its blocks) and
-        the real request continues on ``dst`` from its next token. ``merge``: ``dst`` runs
-        decodes of its own, whose batch the request joins (counted apart, LoongServe's merge)."""
+    def migrate(self, request: Request, src: int, dst: int, kind: str = "scale-up") -> None:
+        """A new master: the master's KV stays on ``src`` (a parked shadow takes its blocks)
+        and the real request continues on ``dst`` from its next token. ``kind``: scale-up
+        (``dst`` is added to the request's instances), merge (a scale-up onto an instance
+        that runs decodes of its own, whose batch the request joins: LoongServe's merge) or
+        relieve (``dst`` already holds some of its KV; its old master decodes too many
+        requests)."""
         rid, n = request.request_id, request.num_computed_tokens
         span = self.spans.get(rid)
         if span is None:  # a single-instance request outgrowing its instance
@@ -458,10 +462,13 @@ class SpanManager:
         self.view_of[rid] = (rid, j + 1)
         span.outputs_to_send = list(request.output_token_ids)
         self.schedulers[dst].add_request(request)
-        self.num_scale_up += 1
-        self.num_merge += merge
+        if kind == "relieve":
+            self.num_master_moves += 1
+        else:
+            self.num_scale_up += 1
+            self.num_merge += kind == "merge"
         logger.info("ESP: %s of request %s at token %d: instance %d -> %d (holders %s)",
-                    "merge" if merge else "scale-up", rid, n, src, dst, span.holders)
+                    kind, rid, n, src, dst, span.holders)
 
     def _hand_over(self, instance: int, request: Request, shadow: Request) -> None:
         """Give ``request``'s blocks on ``instance`` to ``shadow`` (no copy, no free)."""

@@ -13,6 +13,9 @@ free block, preempt (recompute) the most recently joined requests.
 Masters: ``m = ceil(batch / minibatch)`` instances with the most free blocks (mini-batches of
 ``minibatch`` requests keep each master's GEMMs efficient); requests without slack are placed
 first so that requests with slack never take the last free block someone else needs.
+``relieve_master`` is the engine's incremental form: a request whose master decodes more
+than ``minibatch`` requests moves to the least loaded holder of its KV when it needs a new
+block anyway.
 """
 
 from __future__ import annotations
@@ -151,3 +154,16 @@ def choose_masters(
 
 def _least_loaded(cands: list[int], load: dict[int, int]) -> int | None:
     return min(cands, key=lambda i: (load[i], i)) if cands else None
+
+
+def relieve_master(loads: dict[int, int], master: int, holders, free: dict[int, int],
+                   minibatch: int) -> int | None:
+    """Multi-master decode, one request at a time: if its master decodes more than
+    ``minibatch`` requests, the holder of its KV (other than the master) with the fewest
+    decoding requests and a free block becomes its master. The new master must end up with
+    fewer requests than the old one had, so moves never swap back. None: stay."""
+    if minibatch < 1 or loads.get(master, 0) <= minibatch:
+        return None
+    room = [i for i in set(holders) if i != master and free.get(i, 0) > 0
+            and loads.get(i, 0) + 1 < loads[master]]
+    return min(room, key=lambda i: (loads.get(i, 0), -free[i], i)) if room else None

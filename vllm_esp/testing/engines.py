@@ -73,6 +73,20 @@ def esp_scheduler(llm):
     return llm.llm_engine.engine_core.engine_core.scheduler
 
 
+def record_placements(scheduler) -> dict[str, list[int]]:
+    """Request id (the engine's, with its suffix) -> the instances it was put on, in order
+    (dispatch, then each scale-up or master move)."""
+    placed: dict[str, list[int]] = {}
+    assign = scheduler.pool.assign
+
+    def recording_assign(request_id: str, instance: int) -> None:
+        placed.setdefault(request_id, []).append(instance)
+        assign(request_id, instance)
+
+    scheduler.pool.assign = recording_assign
+    return placed
+
+
 def record_kv_usage(scheduler) -> list[list[int]]:
     """Per-instance used blocks, appended after every step the scheduler finishes."""
     usage: list[list[int]] = []

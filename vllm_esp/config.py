@@ -24,6 +24,8 @@ PREDICTOR_CHOICES = ("retrieval", "online", "oracle", "hint")
 # ray = Ray actors in a placement group per instance, on any node of the Ray cluster
 # (vLLM's RayExecutorV2).
 INSTANCE_BACKEND_CHOICES = ("mp", "ray")
+# --esp-admission: vLLM's per-instance schedulers, or the global manager's dispatching step
+ADMISSION_CHOICES = ("vllm", "manager")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class ESPConfig:
     # None = new requests go where there is most room; only prompts that outgrow one
     # instance's pool, or that ask for it, are spread
     profile: str | None = None
+    # who admits new requests: vllm (each instance's scheduler, whatever fits now) or manager
+    # (the global manager's dispatching rules: the KV all live requests hold at their end
+    # must fit the pool, so decodes never run out of blocks; needs a profile)
+    admission: str = "vllm"
     # multi-master decode: a spanning request whose master decodes more than this many
     # requests continues on the least loaded holder of its KV when its next token needs a
     # new block (LoongServe's mini-batch per master); 0 = masters change only by scale-up
@@ -72,6 +78,11 @@ class ESPConfig:
                 or self.decode_minibatch < 0:
             raise ValueError(f"esp.decode_minibatch must be a non-negative integer, "
                              f"got {self.decode_minibatch!r}")
+        if self.admission not in ADMISSION_CHOICES:
+            raise ValueError(f"--esp-admission must be one of {', '.join(ADMISSION_CHOICES)}, "
+                             f"got {self.admission!r}")
+        if self.admission == "manager" and self.profile is None:
+            raise ValueError("--esp-admission manager needs a cost profile (--esp-profile)")
         if self.instance_backend not in INSTANCE_BACKEND_CHOICES:
             raise ValueError(f"--esp-instance-backend must be one of "
                              f"{', '.join(INSTANCE_BACKEND_CHOICES)}, got {self.instance_backend!r}")

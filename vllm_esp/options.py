@@ -13,6 +13,7 @@ import argparse
 from typing import Any
 
 from vllm_esp.config import (
+    ADMISSION_CHOICES,
     EXECUTOR_CHOICES,
     EXECUTOR_QUALNAME,
     INSTANCE_BACKEND_CHOICES,
@@ -33,6 +34,7 @@ ESP_OPTIONS = {
     "esp_predictor": "predictor",
     "esp_profile": "profile",
     "esp_instance_backend": "instance_backend",
+    "esp_admission": "admission",
 }
 LENGTH_AWARE_SCHEDULER = "vllm_esp.scheduling.AliseScheduler"
 
@@ -151,8 +153,14 @@ def add_argument_group(parser: argparse.ArgumentParser) -> bool:
                        help="Output-length predictor of the sjf/alise policies.")
     group.add_argument("--esp-profile", default=None,
                        help="Cost profile (a JSON from `vllm-esp profile`, or a built-in name) "
-                       "with which the global manager chooses how many instances prefill each "
-                       "request (default: spread only prompts that outgrow one instance).")
+                       "with which the global manager plans each step's new requests: which "
+                       "share a ring prefill over which instances, where the others go "
+                       "(default: most free KV; spread only prompts that outgrow one instance).")
+    group.add_argument("--esp-admission", choices=ADMISSION_CHOICES, default=None,
+                       help="Who admits new requests: vllm (each instance's scheduler, the "
+                       "default) or manager (the global manager: only while the KV every live "
+                       "request holds at max_tokens fits the pool, so decodes are never "
+                       "preempted; needs --esp-profile).")
     group.add_argument("--esp-cpu-bind", default=None,
                        help="CPU build: core list per worker, '|'-separated (default: even split).")
     group.add_argument("--esp-instance-backend", choices=INSTANCE_BACKEND_CHOICES, default=None,

@@ -97,7 +97,7 @@ def test_cli_executor_esp_folds_into_engine_args():
     assert ea.additional_config["esp"] == {"instances": 3, "tp": 1, "policy": "fcfs",
                                            "parallel_prefill": True, "ring_prefill": True,
                                            "batch_rings": True, "instance_backend": "mp",
-                                           "decode_minibatch": 16}
+                                           "decode_minibatch": 16, "admission": "vllm"}
 
 
 def test_cli_instance_backend_flag():
@@ -110,6 +110,23 @@ def test_cli_instance_backend_flag():
     with pytest.raises(SystemExit):
         _serve_parser().parse_args(["--model", "m", "--executor", "esp",
                                     "--esp-instance-backend", "slurm"])
+
+
+def test_cli_admission_flag(capsys):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    args = _serve_parser().parse_args(["--model", "m", "--executor", "esp", "--esp-instances",
+                                       "2", "--esp-profile", "measured_cpu_tiny-llama",
+                                       "--esp-admission", "manager"])
+    esp = AsyncEngineArgs.from_cli_args(args).additional_config["esp"]
+    assert (esp["admission"], esp["profile"]) == ("manager", "measured_cpu_tiny-llama")
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--model", "m", "--executor", "esp",
+                                    "--esp-admission", "greedy"])
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--model", "m", "--executor", "esp", "--esp-instances",
+                                    "2", "--esp-admission", "manager"])
+    assert "needs a cost profile" in capsys.readouterr().err
 
 
 def test_cli_stock_executor_names_pass_through():
@@ -185,7 +202,7 @@ def test_policy_flags_map_to_the_length_aware_scheduler():
                                               "predictor": "online", "aging_rate": 0.5,
                                               "parallel_prefill": True, "ring_prefill": True,
                                               "batch_rings": True, "instance_backend": "mp",
-                                              "decode_minibatch": 16}
+                                              "decode_minibatch": 16, "admission": "vllm"}
     # without --executor esp the policy applies to stock vLLM's single scheduler
     kw = apply_to_kwargs({"esp_policy": "sjf", "esp_predictor": "oracle"})
     assert kw["scheduler_cls"] == "vllm_esp.scheduling.AliseScheduler"

@@ -29,6 +29,7 @@ from vllm.v1.request import Request, RequestStatus
 
 from vllm_esp import envs
 from vllm_esp.config import ESPConfig
+from vllm_esp.integration.admission import Admission
 from vllm_esp.integration.elastic_prefill import (
     MAX_REQUESTS_PER_STEP,
     PrefillPlanner,
@@ -98,6 +99,9 @@ class ESPScheduler(SchedulerInterface):
         # the global manager's batching step: prefill parallelism per request (cost profile)
         self.prefill_planner = PrefillPlanner(load_profile(self.esp.profile), block_size) \
             if self.esp.profile and self.esp.instances > 1 else None
+        # the global manager's dispatching step (--esp-admission manager)
+        self.admission = Admission(self.prefill_planner.cost, block_size) \
+            if self.prefill_planner is not None and self.esp.admission == "manager" else None
         # requests larger than one instance's pool: contiguous chunks over instances
         self.spans = SpanManager(self.instances, self.pool, block_size,
                                  parallel_prefill=self.esp.parallel_prefill,
@@ -161,8 +165,9 @@ class ESPScheduler(SchedulerInterface):
         on k > 1 instances is prefilled by one ring over them. Rings are set up first, so
         their chunks are queued ahead of plain requests; plain requests keep their arrival
         order on each instance (vLLM's FCFS)."""
-        batch = self.arrivals[:MAX_REQUESTS_PER_STEP]
-        del self.arrivals[:MAX_REQUESTS_PER_STEP]
+        batch = self._admit_arrivals()
+        if not batch:
+            return
         spare = self.spans.blocks_for_parallel_prefill()
         if len(spare) < 2:  # nothing to plan over: most headroom, as without a profile
             groups, left = [], list(range(len(batch)))
@@ -183,6 +188,32 @@ class ESPScheduler(SchedulerInterface):
             self.planned_prefills[1] += len(left)
         for r in sorted(plain):
             self._dispatch(batch[r], plain[r])
+
+    def _admit_arrivals(self) -> list[Request]:
+        """The new requests that start this step (taken off ``arrivals``): the first ones,
+        or those the manager's dispatching rules admit (the rest keep waiting)."""
+        if self.admission is None:
+            batch = self.arrivals[:MAX_REQUESTS_PER_STEP]
+            del self.arrivals[:MAX_REQUESTS_PER_STEP]
+            return batch
+        n = self.pool.num_instances
+        spare = {i: max(0, self.spans.spare_blocks(i)) for i in range(n)}
+        capacity = sum(self.pool.total_blocks(i) for i in range(n))
+        batch, rejected = self.admission.admit(self.arrivals, self._live_requests(), spare,
+                                               capacity, time.time())
+        for r in rejected:
+            logger.error("request %s (%d tokens) can never fit the ESP pools; finishing it "
+                         "with an error", r.request_id, r.num_tokens)
+        taken = {r.request_id for r in batch + rejected}
+        self.arrivals = [r for r in self.arrivals if r.request_id not in taken]
+        self.rejected.extend(rejected)
+        return batch
+
+    def _live_requests(self) -> list[Request]:
+        """Requests admitted and not finished (each once: not the spans' shadow views)."""
+        live = [r for s in self.instances for r in s.requests.values()
+                if not self.spans.is_shadow(r.request_id)]
+        return live + self.pending_spans
 
     def _prefill_together(self, requests: list[Request], instances: list[int]) -> list[Request]:
         """One ring over ``instances`` prefills ``requests``, each keeping its KV on the

@@ -287,7 +287,7 @@ class SpanManager:
         """Free blocks (after their running requests' next step), by instance, of the
         instances that could take part in a parallel prefill next step: not reserved, only
         decodes running, no KV-holding request queued."""
-        spare = {i: self._spare_blocks(i) for i in range(len(self.schedulers))
+        spare = {i: self.spare_blocks(i) for i in range(len(self.schedulers))
                  if self._idle_for_parallel_prefill(i)}
         return {i: n for i, n in spare.items() if n > 0}  # a helper holds its chunk's blocks
 
@@ -301,7 +301,7 @@ class SpanManager:
                     or any(r.request_id not in pending for r in sched.kv_holding_waiting)
                     or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running))
 
-    def _spare_blocks(self, i: int) -> int:
+    def spare_blocks(self, i: int) -> int:
         """Free blocks after the running requests' next step and the queued requests' need."""
         return self.pool.free_blocks(i) - self.blocks_needed(i) - self.pool.pending_demand(i)
 
@@ -314,7 +314,7 @@ class SpanManager:
         holders and stores everything on the master (LoongServe's proactive migration): the
         others are free again after one step and the decode needs no remote attention."""
         return self._ring_possible(span) and \
-            self.pool.blocks_for(span.request.num_tokens + 1) <= self._spare_blocks(span.master)
+            self.pool.blocks_for(span.request.num_tokens + 1) <= self.spare_blocks(span.master)
 
     def _ring_possible(self, span: SpanningRequest) -> bool:
         """Rings are on, there is more than one holder, and no prompt logprobs (a ring
@@ -425,7 +425,7 @@ class SpanManager:
 
     def can_migrate(self, request: Request, instance: int) -> bool:
         """A decoding request on ``instance`` whose next token needs a new block there."""
-        if self._is_shadow(request.request_id):
+        if self.is_shadow(request.request_id):
             return False  # shadows never decode
         if request.sampling_params is None or request.use_structured_output:
             return False
@@ -595,12 +595,12 @@ class SpanManager:
 
     def filter_outputs(self, eco) -> None:
         """Drop the shadows' outputs (their samples are garbage by design)."""
-        eco.outputs = [o for o in eco.outputs if not self._is_shadow(o.request_id)]
+        eco.outputs = [o for o in eco.outputs if not self.is_shadow(o.request_id)]
         if eco.finished_requests:
             eco.finished_requests = {r for r in eco.finished_requests
-                                     if not self._is_shadow(r)}
+                                     if not self.is_shadow(r)}
 
-    def _is_shadow(self, rid: str) -> bool:
+    def is_shadow(self, rid: str) -> bool:
         hit = self.view_of.get(rid)
         return hit is not None and hit[0] != rid
 

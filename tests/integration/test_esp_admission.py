@@ -25,6 +25,7 @@ from vllm_esp.testing.engines import (
     esp_scheduler,
     generate_once,
     make_engine,
+    record_each_step,
 )
 
 POOL = 2 * MiB  # per instance: 15 usable blocks of 128 tokens
@@ -50,15 +51,8 @@ def _serve(model: str, admission: str) -> dict:
                                                      "admission": admission}})
     try:
         sched = esp_scheduler(llm)
-        running = []  # requests running over all instances, after every step
-        update = sched.update_from_output
-
-        def recording_update(so, mro):
-            result = update(so, mro)
-            running.append(sched.get_request_counts()[0])
-            return result
-
-        sched.update_from_output = recording_update
+        # requests running over all instances, after every step
+        running = record_each_step(sched, lambda: sched.get_request_counts()[0])
         out = llm.generate(*_workload(), use_tqdm=False)
         return {"out": out, "stats": sched.esp_stats(), "running": running}
     finally:

@@ -15,16 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vllm_esp.planner.cost_model import CostModel
-from vllm_esp.planner.dispatch import DispatchInput, dispatch
+from vllm_esp.planner.dispatch import DispatchInput, dispatch, prune_bypass
 from vllm_esp.planner.manager import ManagerConfig
 from vllm_esp.planner.types import Request as PlannerRequest
 
 
 def planner_request(request) -> PlannerRequest:
     """A vLLM request as the planner sees it: lengths only."""
-    params = request.sampling_params
-    max_out = params.max_tokens if params is not None and params.max_tokens else 1
-    return PlannerRequest(request.request_id, request.num_prompt_tokens, max_out,
+    return PlannerRequest(request.request_id, request.num_prompt_tokens, request.max_tokens,
                           arrival_time=request.arrival_time,
                           output_len=request.num_output_tokens)
 
@@ -42,11 +40,10 @@ class Admission:
         ``live`` ones (admitted, not finished) and each instance's spare blocks. Returns
         (admitted, rejected) as vLLM requests; the rest keep waiting."""
         by_id = {r.request_id: r for r in waiting}
+        queue = [planner_request(r) for r in waiting]
         res = dispatch(
-            DispatchInput([planner_request(r) for r in waiting],
-                          {r.request_id: planner_request(r) for r in live},
+            DispatchInput(queue, {r.request_id: planner_request(r) for r in live},
                           dict(spare), list(spare), [], capacity_blocks, self.block_size, now),
             self.cost, self.cfg, self.bypass)
-        if len(self.bypass) > 2 * len(waiting) + 64:
-            self.bypass = {k: v for k, v in self.bypass.items() if k in by_id}
+        self.bypass = prune_bypass(self.bypass, queue)
         return [by_id[r.req_id] for r in res.admitted], [by_id[rid] for rid in res.rejected]

@@ -5,9 +5,10 @@ own block pool, so admission, chunked prefill, prefix caching, recompute preempt
 handling and output processing stay vLLM's code. The ESP scheduler dispatches each new request
 to an instance (with a cost profile, the global manager's batching step plans each step's new
 requests together: which share a ring prefill, which go where), gathers the per-instance
-outputs into one step for the executor, routes the results back, and aggregates stats. A request whose prompt does not fit one instance, or
-whose decode outgrows its instance while others have free blocks, is spread over several
-instances by the ``SpanManager`` (contiguous chunks; see ``spanning.py``).
+outputs into one step for the executor, routes the results back, and aggregates stats. A
+request whose prompt does not fit one instance, or whose decode outgrows its instance while
+others have free blocks, is spread over several instances by the ``SpanManager``
+(contiguous chunks; see ``spanning.py``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class ESPScheduler(SchedulerInterface):
             for _ in range(self.esp.instances)
         ]
         self.pool = DistributedKVPool(self.instances, block_size)
-        # the global manager's batching step: prefill parallelism per request (cost profile)
+        # the global manager's batching step over each step's new requests (cost profile)
         self.prefill_planner = PrefillPlanner(load_profile(self.esp.profile), block_size) \
             if self.esp.profile and self.esp.instances > 1 else None
         # the global manager's dispatching step (--esp-admission manager)

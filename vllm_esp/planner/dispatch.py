@@ -127,3 +127,11 @@ def dispatch(inp: DispatchInput, cost: CostModel, cfg, bypass: dict[str, int]) -
     for rid in [r.req_id for r in res.admitted]:
         bypass.pop(rid, None)
     return res
+
+
+def prune_bypass(bypass: dict[str, int], waiting: list[Request]) -> dict[str, int]:
+    """Forget the bypass counts of requests no longer waiting, once there are many."""
+    if len(bypass) <= 2 * len(waiting) + 64:
+        return bypass
+    live = {r.req_id for r in waiting}
+    return {k: v for k, v in bypass.items() if k in live}

@@ -30,7 +30,7 @@ from .decode_plan import (
     drop_empty_instances,
     fix_shortage,
 )
-from .dispatch import DispatchInput, dispatch
+from .dispatch import DispatchInput, dispatch, prune_bypass
 from .keep_ranges import pack_keep_ranges
 from .state import ClusterState
 from .types import DecodeBatch, IterationPlan, PrefillBatch, Request, ScaleEvent
@@ -92,7 +92,7 @@ class GlobalManager:
 
         self._plan_prefills(state, disp.admitted, alloc.instances, free, paused, plan)
         self._plan_decodes(view, free, [b for b in batches if b in runnable or b.batch_id in pinned], plan)
-        self._prune_bypass(state)
+        self.bypass = prune_bypass(self.bypass, state.waiting)
         times = [b.predicted_time for b in plan.prefill] + [d.predicted_time for d in plan.decode]
         plan.predicted_time = sum(self.cost.migration_time(m.num_tokens) for m in plan.migrations)
         plan.predicted_time += max(times, default=0.0)
@@ -175,8 +175,3 @@ class GlobalManager:
             ctx = sum(sum(view.placement.get(r, {}).values()) for r in b.req_ids)
             t = self.cost.decode_time(len(b.instances), len(b.req_ids), ctx)
             plan.decode.append(DecodeBatch(b.batch_id, sorted(b.instances), masters, t))
-
-    def _prune_bypass(self, state: ClusterState) -> None:
-        if len(self.bypass) > 2 * len(state.waiting) + 64:
-            live = {r.req_id for r in state.waiting}
-            self.bypass = {k: v for k, v in self.bypass.items() if k in live}

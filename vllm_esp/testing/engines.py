@@ -87,15 +87,21 @@ def record_placements(scheduler) -> dict[str, list[int]]:
     return placed
 
 
-def record_kv_usage(scheduler) -> list[list[int]]:
-    """Per-instance used blocks, appended after every step the scheduler finishes."""
-    usage: list[list[int]] = []
+def record_each_step(scheduler, probe) -> list:
+    """``probe()``, appended after every step the scheduler finishes."""
+    seen: list = []
     update = scheduler.update_from_output
 
     def recording_update(scheduler_output, model_runner_output):
         result = update(scheduler_output, model_runner_output)
-        usage.append([u.used_blocks for u in scheduler.pool.usages()])
+        seen.append(probe())
         return result
 
     scheduler.update_from_output = recording_update
-    return usage
+    return seen
+
+
+def record_kv_usage(scheduler) -> list[list[int]]:
+    """Per-instance used blocks, appended after every step the scheduler finishes."""
+    return record_each_step(scheduler,
+                            lambda: [u.used_blocks for u in scheduler.pool.usages()])

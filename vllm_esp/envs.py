@@ -16,7 +16,7 @@ _ENV: dict[str, Callable[[], Any]] = {
     "VLLM_ESP_DEFAULT_CPU_KVCACHE_GIB": lambda: os.environ.get(
         "VLLM_ESP_DEFAULT_CPU_KVCACHE_GIB", "1"
     ),
-    # Force the ESP attention-op backend: auto | torch | triton | flash_attn | vllm.
+    # Force the ESP attention backend (ops.dispatch): auto | cpu | flash_attn | triton | reference.
     "VLLM_ESP_OPS_BACKEND": lambda: os.environ.get("VLLM_ESP_OPS_BACKEND") or None,
     # Skip the vLLM version guard of patches/ (at your own risk).
     "VLLM_ESP_SKIP_VERSION_CHECK": lambda: os.environ.get("VLLM_ESP_SKIP_VERSION_CHECK", "0")

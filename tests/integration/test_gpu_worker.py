@@ -1,8 +1,9 @@
 """The GPU twin of the ESP worker (``esp_gpu_worker``), checked without a GPU: it is built
 from vLLM's V1 GPU classes of this vLLM, shares the CPU path's runner logic, the executor
 fits a GPU instance to it, and a scale-up's generator replay matches vLLM's GPU sampler
-(run here on CPU tensors). Its attention code is the CPU engine's (``span_attention``), run on
-vLLM's FLASH_ATTN cache layout in ``tests/ops/test_engine_span_attention.py``."""
+(run here on CPU tensors). Its attention is the CPU engine's ESP stack (``ops``) with the
+kernels ``ops.dispatch`` picks on CUDA (tested under the Triton interpreter and with a
+flash-attn stand-in in ``tests/ops``), on vLLM's FLASH_ATTN cache layout."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from types import SimpleNamespace
 import torch
 
 from vllm_esp.integration import esp_gpu_worker as gw
-from vllm_esp.integration.esp_worker import ESPCPUModelRunner, ESPRunnerMixin, _advance_generator
+from vllm_esp.integration.esp_runner import ESPRunnerMixin, _advance_generator
+from vllm_esp.integration.esp_worker import ESPCPUModelRunner
 
 
 def test_gpu_worker_extends_vllms_v1_gpu_classes():
@@ -24,6 +26,7 @@ def test_gpu_worker_extends_vllms_v1_gpu_classes():
     assert issubclass(gw.ESPGPUModelRunner, ESPRunnerMixin)
     assert issubclass(gw.ESPGPUModelRunner, GPUModelRunner)
     assert gw.ESPFlashAttentionBackend.get_impl_cls() is gw.ESPFlashAttentionImpl
+    assert gw.ESPFlashAttentionBackend.get_builder_cls() is gw.ESPFlashAttentionMetadataBuilder
     assert issubclass(gw.ESPFlashAttentionImpl, FlashAttentionImpl)
     # the override takes exactly what vLLM's attention layer passes to the stock impl
     assert list(inspect.signature(gw.ESPFlashAttentionImpl.forward).parameters) == \

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_esp.integration.span_plan import stripes
+from vllm_esp.ops.plan import stripes
 
 
 def test_equal_chunks_give_loongserve_striping():
-    assert stripes([4, 4, 4]) == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+    assert [p.tolist() for p in stripes([4, 4, 4])] == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
 
 
 @pytest.mark.parametrize("sizes", [[1920, 1920, 1920, 960], [128, 128, 5], [3, 1], [1],
                                    [256, 256, 256, 256], [640, 1]])
 def test_every_position_once_rows_as_scheduled_master_samples_the_last(sizes):
-    got = stripes(sizes)
+    got = [p.tolist() for p in stripes(sizes)]
     assert [len(p) for p in got] == sizes  # each member computes as many rows as it has
     assert sorted(t for p in got for t in p) == list(range(sum(sizes)))
     assert all(p == sorted(p) for p in got)  # rows in position order

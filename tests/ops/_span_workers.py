@@ -1,20 +1,26 @@
-"""The engine's span attention (``integration.span_attention``) run inside the spawned ESP
-test world, on a given paged layout (module level so it pickles by name)."""
+"""The engine's ESP attention (``ops.ring_layer`` / ``ops.span_layer`` over the step tensors
+of an engine-shaped plan) run inside the spawned ESP test world, on a given paged layout
+(module level so it pickles by name)."""
 
 from __future__ import annotations
 
 import torch
 
-from vllm_esp.integration import span_attention as sa
-from vllm_esp.integration.span_plan import (
+from vllm_esp.ops import (
+    CpuPagedKV,
     ESPStepPlan,
+    FlashPagedKV,
     PeerChunk,
     RingMember,
     RingPrefill,
     SpanAttention,
+    StepTensors,
+    masked_attention_with_lse,
+    ring_layer,
+    select,
+    span_layer,
     stripes,
 )
-from vllm_esp.ops import CpuPagedKV, FlashPagedKV, masked_attention_with_lse
 
 HQ, HKV, D, BS = 4, 2, 32, 16
 SCALE = D ** -0.5
@@ -58,7 +64,7 @@ def ring_then_decode(comm, layout_name: str) -> dict:
     layout = _layout(layout_name)
     cache = layout.allocate(64)
     plan = _plan()
-    ctx = sa.StepContext(plan, me, comm)
+    kernels = select("cpu", layout)
     rows, q_rows, k_rows, v_rows, a = {}, [], [], [], 0
     for name, (n, cut) in REQUESTS.items():
         pos = stripes([cut, n - cut])[me]
@@ -68,16 +74,17 @@ def ring_then_decode(comm, layout_name: str) -> dict:
         q_rows.append(q[pos])
         k_rows.append(k[pos])
         v_rows.append(v[pos])
-    ctx.rows = rows
+    step = StepTensors.build(plan, me, rows, BS, torch.device("cpu"))
     out = torch.zeros(a, HQ, D)
-    sa.ring_layer(ctx, cache, layout, torch.cat(q_rows), torch.cat(k_rows), torch.cat(v_rows),
-                  out, SCALE)
+    for batch in step.rings:
+        ring_layer(batch, comm, kernels, layout, cache, torch.cat(q_rows), torch.cat(k_rows),
+                   torch.cat(v_rows), out, SCALE)
     result = {"hops": comm.calls_by_op["ring_shift"], "prefill_err": 0.0, "cache_err": 0.0,
               "decode_err": 0.0}
     for name, (n, cut) in REQUESTS.items():
         q, k, v = _qkv(name, n)
         pos = stripes([cut, n - cut])[me]
-        mask = torch.arange(n).unsqueeze(0) <= torch.tensor(pos).unsqueeze(1)
+        mask = torch.arange(n).unsqueeze(0) <= torch.from_numpy(pos).unsqueeze(1)
         ref, _ = masked_attention_with_lse(q[pos], k, v, mask, SCALE)
         r0, r1 = rows[f"{name}{'#0' if me == 0 else ''}"]
         result["prefill_err"] = max(result["prefill_err"], float((out[r0:r1] - ref).abs().max()))
@@ -99,14 +106,14 @@ def ring_then_decode(comm, layout_name: str) -> dict:
         spans.append(SpanAttention(req_id=name, instance=1, num_query_tokens=1, prefix_len=cut,
                                    local_len=n - cut + 1, local_block_ids=local,
                                    peers=[PeerChunk(0, cut, _blocks(0, name, cut))]))
-    ctx = sa.StepContext(ESPStepPlan(spans=spans), me, comm)
+    rows = {name: (i, i + 1) for i, name in enumerate(REQUESTS)} if me == 1 else {}
+    step = StepTensors.build(ESPStepPlan(spans=spans), me, rows, BS, torch.device("cpu"))
     if me == 0:  # serves the queries over chunk 0
-        sa.span_layer(ctx, cache, layout, HQ, SCALE)
+        span_layer(step.spans, comm, kernels, layout, cache, HQ, D, SCALE)
         return result
-    ctx.rows = {name: (i, i + 1) for i, name in enumerate(REQUESTS)}
     query = torch.cat([qd[name] for name in REQUESTS])
     out = torch.zeros_like(query)
-    sa.span_layer(ctx, cache, layout, HQ, SCALE, query=query, output=out)
+    span_layer(step.spans, comm, kernels, layout, cache, HQ, D, SCALE, query=query, output=out)
     for i, (name, (n, _)) in enumerate(REQUESTS.items()):
         _, k, v = _qkv(name, n)
         ref, _ = masked_attention_with_lse(qd[name], torch.cat([k, kd[name]]),

@@ -1,4 +1,5 @@
-"""Checks run in a child process started with TRITON_INTERPRET=1 (see test_triton_interpret)."""
+"""Checks run in a child process started with TRITON_INTERPRET=1 (see test_triton_interpret):
+the Triton backend against the dense oracle, with the same segments as test_kernels."""
 
 from __future__ import annotations
 
@@ -6,47 +7,40 @@ import os
 
 import torch
 
-from vllm_esp.ops import (
-    DecodePlan,
-    NhdPagedKV,
-    distributed_decode_attention,
-    merge_partials,
-    paged_attention_with_lse,
-)
-from vllm_esp.ops.triton_kernels import merge_partials_triton, paged_attention_with_lse_triton
+from tests.ops.test_kernels import LENS, assert_same, paged_segments, paged_setup, ring_hops
+from vllm_esp.ops import FlashPagedKV, NhdPagedKV, merge_partials
+from vllm_esp.ops import triton_kernels as tk
+from vllm_esp.ops.reference import segments_reference_paged, segments_reference_ragged
 
 
 def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _cache(lens, hkv, d, bs, dtype, seed):
+def check_ragged(sizes, gqa, d, dtype, atol, seed=0):
+    hkv = 1 if gqa == 8 else 2
     g = torch.Generator().manual_seed(seed)
-    layout = NhdPagedKV(hkv, d, bs, dtype)
-    need = [(n + bs - 1) // bs for n in lens]
-    nb = sum(need) + 2
-    cache = torch.randn(2, nb, bs, hkv, d, generator=g).to(dtype)  # junk everywhere else
-    perm = torch.randperm(nb, generator=g)
-    bt = torch.zeros(len(lens), max(1, max(need)), dtype=torch.int32)
-    used = 0
-    for i, k in enumerate(need):
-        bt[i, :k] = perm[used:used + k].to(torch.int32)
-        used += k
-    return layout, cache, bt
+    for r in range(len(sizes[0])):
+        hops, rows, shard = ring_hops(sizes, r)
+        q = torch.randn(rows, hkv * gqa, d, generator=g).to(dtype)
+        for src, segs in enumerate(hops):
+            k = torch.randn(shard[src], hkv, d, generator=g).to(dtype)
+            v = torch.randn(shard[src], hkv, d, generator=g).to(dtype)
+            assert_same(tk.ragged_attention_triton(q, k, v, segs, 0.1),
+                        segments_reference_ragged(q, k, v, segs, 0.1), atol)
+    return True
 
 
-def check_paged(lens, hq, hkv, d, bs, dtype, atol, seed=0):
-    layout, cache, bt = _cache(lens, hkv, d, bs, dtype, seed)
-    q = torch.randn(len(lens), hq, d, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
-    sl = torch.tensor(lens)
-    ref = paged_attention_with_lse(q, cache, layout, bt, sl, d ** -0.5)
-    got = paged_attention_with_lse_triton(q, cache, layout, bt, sl, d ** -0.5)
-    assert got[0].dtype == dtype
-    torch.testing.assert_close(got[0].float(), ref[0].float(), atol=atol, rtol=0)
-    torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=0)
-    for i, n in enumerate(lens):
-        if n == 0:
-            assert torch.isneginf(got[1][:, i]).all() and (got[0][i] == 0).all()
+def check_paged(layout_name, gqa, d, dtype, atol, split_keys=None):
+    if split_keys is not None:
+        tk.SPLIT_KEYS = split_keys  # force the split-K path (then the merge kernel)
+    hkv = 1 if gqa == 8 else 2
+    layout = {"nhd": NhdPagedKV, "flash": FlashPagedKV}[layout_name](hkv, d, 16, dtype)
+    cache, blocks = paged_setup(layout, LENS, seed=d)
+    segs, rows = paged_segments(LENS, blocks)
+    q = torch.randn(rows, hkv * gqa, d, generator=torch.Generator().manual_seed(1)).to(dtype)
+    got = tk.paged_attention_triton(q, cache, layout, segs, 0.1)
+    assert_same(got, segments_reference_paged(q, cache, layout, segs, 0.1), atol)
     return True
 
 
@@ -59,23 +53,8 @@ def check_merge(n, t, h, d, dtype, atol, seed=0):
         lses[1, :, 0] = float("inf")  # vLLM's "no context" marker
     lses[:, -1, -1] = float("-inf")  # a (head, token) with no keys anywhere
     ref = merge_partials(outs, lses)
-    got = merge_partials_triton(outs, lses)
+    got = tk.merge_partials_triton(outs, lses)
     torch.testing.assert_close(got[0].float(), ref[0].float(), atol=atol, rtol=0)
     torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=0)
     assert torch.isneginf(got[1][-1, -1]) and (got[0][-1, -1] == 0).all()
-    return True
-
-
-def check_decode_with_triton_backends():
-    """Single-member decode group through the Triton partial + merge."""
-    lens = [3, 0, 40]
-    layout, cache, bt = _cache(lens, 2, 64, 16, torch.float32, 3)
-    q = torch.randn(3, 4, 64)
-    plan = DecodePlan([0], 0, [0, 0, 0], [[n] for n in lens], bt)
-    ref = distributed_decode_attention(q, cache, layout, plan, None, 0.125, return_lse=True)
-    got = distributed_decode_attention(q, cache, layout, plan, None, 0.125,
-                                       partial_fn=paged_attention_with_lse_triton,
-                                       merge_fn=merge_partials_triton, return_lse=True)
-    torch.testing.assert_close(got[0], ref[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=0)
     return True

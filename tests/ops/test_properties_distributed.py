@@ -41,7 +41,6 @@ def test_decode_property(esp_world, p, seed):
     res = run_decode(esp_world, group, masters, kv_lens, 4, 2, 32, torch.float32, seed)
     ref_out, ref_lse = dense_decode(masters, kv_lens, 4, 2, 32, torch.float32, seed)
     for rank in group:
-        mine, out, lse, _ = res[rank]
+        mine, out, _ = res[rank]
         if mine:
             torch.testing.assert_close(out, ref_out[mine].float(), atol=1e-5, rtol=0)
-            torch.testing.assert_close(lse, ref_lse[:, mine].float(), atol=1e-5, rtol=0)

@@ -1,4 +1,4 @@
-"""Triton kernels vs the torch references, on the CPU under TRITON_INTERPRET=1.
+"""The Triton backend vs the dense oracle, on the CPU under TRITON_INTERPRET=1.
 
 The interpreter flag must be set before Triton decorates the kernels, and vLLM (imported by
 other tests in this process) disables Triton on CPU, so the checks run in a spawned child
@@ -33,17 +33,26 @@ def interp():
     ex.shutdown(wait=True, cancel_futures=True)
 
 
-@pytest.mark.parametrize("lens,hq,hkv,d,bs", [
-    ([0, 1, 16, 17, 50], 4, 2, 64, 16),   # empty request, block edges
-    ([5, 33], 8, 1, 128, 32),             # MQA, head_dim 128
-    ([7], 6, 6, 80, 16),                  # non-power-of-two head_dim, MHA
-])
-def test_paged_attention_kernel_fp32(interp, lens, hq, hkv, d, bs):
-    assert interp.submit(C.check_paged, lens, hq, hkv, d, bs, torch.float32, 1e-5).result()
+@pytest.mark.parametrize("sizes", [[[40, 40], [9, 9]],  # equal stripes
+                                   [[30, 20, 11], [0, 0, 5]]])  # weighted, empty members
+@pytest.mark.parametrize("gqa,d", [(1, 64), (4, 80), (8, 128)])
+def test_ragged_kernel_fp32(interp, sizes, gqa, d):
+    assert interp.submit(C.check_ragged, sizes, gqa, d, torch.float32, 1e-4).result()
 
 
-def test_paged_attention_kernel_bf16(interp):
-    assert interp.submit(C.check_paged, [3, 20], 4, 2, 64, 16, torch.bfloat16, 2e-2).result()
+@pytest.mark.parametrize("layout", ["nhd", "flash"])
+@pytest.mark.parametrize("gqa,d", [(1, 64), (4, 80), (8, 128)])
+def test_paged_kernel_fp32(interp, layout, gqa, d):
+    assert interp.submit(C.check_paged, layout, gqa, d, torch.float32, 1e-4).result()
+
+
+def test_paged_kernel_split_along_keys(interp):
+    assert interp.submit(C.check_paged, "flash", 4, 64, torch.float32, 1e-4, 64).result()
+
+
+def test_kernels_bf16(interp):
+    assert interp.submit(C.check_ragged, [[20, 13]], 4, 64, torch.bfloat16, 2e-2).result()
+    assert interp.submit(C.check_paged, "flash", 4, 64, torch.bfloat16, 2e-2).result()
 
 
 # bf16: outputs are rounded to bf16 (1 ulp at |x|~2 is 1.6e-2), so allow 2e-2.
@@ -54,7 +63,3 @@ def test_paged_attention_kernel_bf16(interp):
 ])
 def test_merge_kernel(interp, n, t, h, d, dtype, atol):
     assert interp.submit(C.check_merge, n, t, h, d, dtype, atol).result()
-
-
-def test_decode_through_triton_backends(interp):
-    assert interp.submit(C.check_decode_with_triton_backends).result()

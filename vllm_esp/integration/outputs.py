@@ -16,11 +16,32 @@ import numpy as np
 from vllm.v1.core.sched.output import CachedRequestData, GrammarOutput, SchedulerOutput
 from vllm.v1.outputs import ModelRunnerOutput
 
+from vllm_esp.ops.plan import ESPStepPlan
+
 
 @dataclass
 class ESPSchedulerOutput(SchedulerOutput):
     # one vLLM SchedulerOutput per instance, index = instance id
     per_instance: list[SchedulerOutput] = field(default_factory=list)
+
+
+@dataclass
+class InstanceSchedulerOutput(SchedulerOutput):
+    """What one instance's workers receive: vLLM's output of that instance's scheduler plus
+    the step's ESP plan (the same on every instance; None when nothing spans instances)."""
+
+    esp_plan: ESPStepPlan | None = None
+
+    @classmethod
+    def of(cls, out: SchedulerOutput, plan: ESPStepPlan | None) -> "InstanceSchedulerOutput":
+        values = {f.name: getattr(out, f.name) for f in dataclasses.fields(SchedulerOutput)
+                  if f.init}
+        return cls(**values, esp_plan=plan)
+
+
+def plan_of(scheduler_output) -> ESPStepPlan | None:
+    """The ESP plan a worker got with its step (None on a plain vLLM step)."""
+    return getattr(scheduler_output, "esp_plan", None)
 
 
 @dataclass

@@ -37,11 +37,11 @@ from vllm_esp.integration.elastic_prefill import (
     load_profile,
 )
 from vllm_esp.integration.kv_pool import DistributedKVPool
-from vllm_esp.integration.span_plan import PLAN_ATTR
 from vllm_esp.integration.spanning import SpanManager
 from vllm_esp.integration.outputs import (
     ESPModelRunnerOutput,
     ESPSchedulerOutput,
+    InstanceSchedulerOutput,
     merge_grammar_outputs,
     merge_scheduler_outputs,
 )
@@ -330,8 +330,8 @@ class ESPScheduler(SchedulerInterface):
                 self.num_preemptions[i] += len(out.preempted_req_ids)
                 self._place_preempted_spans_again(out.preempted_req_ids)
         plan = self.spans.build_plan(outs) if self.spans.spans else None
-        for out in outs:
-            setattr(out, PLAN_ATTR, plan)  # read by the ESP model runner of every instance
+        # every instance's workers get the plan with their step (read by the ESP runner)
+        outs = [InstanceSchedulerOutput.of(out, plan) for out in outs]
         if plan is not None:
             self._count_plan_bytes(plan)
         merged = merge_scheduler_outputs(outs)

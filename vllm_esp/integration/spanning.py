@@ -29,7 +29,7 @@ Elasticity:
 
 Prefill is sequence-parallel when the holders have room for it this step: every chunk's view
 is scheduled in the same step. By default it runs as LoongServe's striped ring
-(``span_plan.RingPrefill``): each holder computes an interleaved stripe of the prompt (as many
+(``ops.plan.RingPrefill``): each holder computes an interleaved stripe of the prompt (as many
 rows as its chunk has), the stripes' K/V travel around the ring once per layer, and each holder
 keeps the visiting K/V of its own chunk (keep range) in its cache. When a prefix-cache hit
 shortens a chunk, or prompt logprobs need the rows in prompt order, each instance computes its
@@ -43,12 +43,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 from vllm.logger import init_logger
 from vllm.sampling_params import SamplingParams
 from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.request import Request, RequestStatus
 
-from vllm_esp.integration.span_plan import (
+from vllm_esp.ops.plan import (
     ESPStepPlan,
     PeerChunk,
     RingMember,
@@ -549,7 +550,7 @@ class SpanManager:
             members.append(RingMember(
                 instance=span.holders[j], req_id=view.request_id, num_rows=sizes[j],
                 keep_begin=begin, keep_end=end, block_ids=ids[begin // bs: -(-end // bs)],
-                token_ids=[tokens[t] for t in positions]))
+                token_ids=np.asarray(tokens)[positions].tolist()))
         self.num_ring_prefills += 1
         return RingPrefill(members)
 

@@ -52,9 +52,9 @@ class ESPWorkerExtension:
         if backend == "nccl":
             self.esp_device = torch.device("cuda", torch.cuda.current_device())
         from vllm_esp.comm.communicator import ESPCommunicator
-        from vllm_esp.integration import span_attention
+        from vllm_esp.integration import esp_step
 
-        span_attention.set_communicator(ESPCommunicator(self.esp_group, instance), instance,
+        esp_step.set_communicator(ESPCommunicator(self.esp_group, instance), instance,
                                         self.esp_device)
 
     def esp_ring_shift(self, values: list[float]) -> list[float]:
@@ -91,7 +91,7 @@ class ESPWorkerExtension:
 
 def _comm_counter(name: str) -> dict[str, int]:
     """One per-op counter of this worker's ESP communicator ({} before it joined)."""
-    from vllm_esp.integration import span_attention
+    from vllm_esp.integration import esp_step
 
-    comm = span_attention._comm
+    comm = esp_step.communicator()
     return dict(getattr(comm[0], name)) if comm is not None else {}

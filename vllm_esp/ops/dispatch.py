@@ -1,18 +1,25 @@
-"""Backend selection for the ESP attention ops: automatic, with an override.
+"""Which ESP attention backend runs, by device and KV cache layout: one choice per worker.
 
-Three op families, each with interchangeable implementations of one signature:
+Every backend has the same two calls (``ops.keys`` describes the keys each row sees), each
+returning ``(out [rows, Hq, D] float32, lse [Hq, rows] float32)``:
 
-==============  ================================  ======================================
-family          implementations                   automatic choice
-==============  ================================  ======================================
-hop (prefill)   "torch", "flash_attn"             flash_attn if importable on CUDA
-partial decode  "torch", "triton"                 triton on CUDA with the NHD layout
-merge           "torch", "triton", "vllm"         triton on CUDA, else torch
-==============  ================================  ======================================
+- ``ragged(q, k, v, segs, scale)``: keys in a contiguous tensor (a ring shard);
+- ``paged(q, kv_cache, layout, segs, scale)``: keys in the paged cache, read through the layout;
 
-Override per call (``backend=...``) or globally with ``VLLM_ESP_OPS_BACKEND`` (one name, used
-for every family that has it). A missing optional package never breaks import: it only
-removes that choice, and asking for it explicitly raises a clear error.
+and ``merge(outs [n, T, H, D], lses [n, H, T])`` for the n-way LSE merge.
+
+==========  ==============================================  ====================================
+backend     implementation                                  automatic choice
+==========  ==============================================  ====================================
+cpu         torch's CPU flash attention, tiled              CPU tensors
+flash_attn  flash-attn varlen (paged in place), Triton for  CUDA with flash-attn importable
+            what it cannot express
+triton      the Triton staircase kernel for everything      CUDA without flash-attn
+reference   the dense masked reference (tests, oracle)      never
+==========  ==============================================  ====================================
+
+Override with ``VLLM_ESP_OPS_BACKEND`` or ``select(..., override=...)``. A missing optional
+package never breaks import; asking for it explicitly raises a clear error.
 """
 
 from __future__ import annotations
@@ -22,75 +29,73 @@ from typing import Callable
 
 import torch
 
-__all__ = ["OpsBackends", "select_backends", "vllm_merge_two"]
+__all__ = ["SpanKernels", "select", "BACKENDS", "reference_kernels"]
 
-ENV_VAR = "VLLM_ESP_OPS_BACKEND"
-
-
-@dataclass(slots=True)
-class OpsBackends:
-    """The chosen implementation names and callables for one device/layout."""
-
-    hop: str  # ring-prefill hop backend name for ``stripe_hop_attention``
-    partial: Callable  # ``paged_attention_with_lse`` signature
-    partial_name: str
-    merge: Callable  # ``merge_partials`` signature
-    merge_name: str
-    merge_two: Callable  # ``merge_two`` signature (ring prefill's online step)
+BACKENDS = ("auto", "cpu", "flash_attn", "triton", "reference")
 
 
-def vllm_merge_two(out_a, lse_a, out_b, lse_b):
-    """``merge_two`` through vLLM's ``merge_attn_states`` (its CPU path is torch)."""
-    from vllm.v1.attention.ops.merge_attn_states import merge_attn_states
-
-    out = torch.empty_like(out_a)
-    lse = torch.empty_like(lse_a, dtype=torch.float32)
-    merge_attn_states(out, out_a, lse_a.float(), out_b, lse_b.float(), lse)
-    return out, lse
+@dataclass(frozen=True, slots=True)
+class SpanKernels:
+    name: str
+    ragged: Callable  # (q, k, v, segs, scale) -> (out, lse)
+    paged: Callable  # (q, kv_cache, layout, segs, scale) -> (out, lse)
+    merge: Callable  # (outs, lses) -> (out, lse)
 
 
-def _pairwise(merge_partials_fn):
-    def merge_two(out_a, lse_a, out_b, lse_b):
-        return merge_partials_fn(torch.stack([out_a, out_b]),
-                                 torch.stack([lse_a.float(), lse_b.float()]))
-    return merge_two
-
-
-def select_backends(device: torch.device | str = "cpu", layout=None,
-                    override: str | None = None) -> OpsBackends:
-    """Pick implementations for ``device`` and a KV ``layout`` object (or None)."""
-    from vllm_esp.ops import flash_attn_path, triton_kernels
-    from vllm_esp.ops.kv_cache import NhdPagedKV
-    from vllm_esp.ops.merge import merge_partials, merge_two
-    from vllm_esp.ops.paged_attention import paged_attention_with_lse
-
-    device = torch.device(device)
+def select(device: torch.device | str = "cpu", layout=None,
+           override: str | None = None) -> SpanKernels:
+    """The kernels for tensors on ``device`` and a KV ``layout`` (an ``ops.kv_cache`` one)."""
     from vllm_esp import envs
+    from vllm_esp.ops import flash_attn_path, triton_kernels
+    from vllm_esp.ops.kv_cache import CpuPagedKV
+    from vllm_esp.ops.merge import merge_partials
 
-    override = override or envs.VLLM_ESP_OPS_BACKEND
-    cuda = device.type == "cuda"
-    if override not in (None, "auto", "torch", "triton", "flash_attn", "vllm"):
-        raise ValueError(f"unknown ESP ops backend {override!r}")
-    if override == "triton" and not triton_kernels.AVAILABLE:
-        raise RuntimeError("backend 'triton' requested but triton is not importable")
-    if override == "flash_attn" and not flash_attn_path.available():
-        raise RuntimeError("backend 'flash_attn' requested but flash-attn is not importable")
+    name = override or envs.VLLM_ESP_OPS_BACKEND or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown ESP ops backend {name!r} (one of {', '.join(BACKENDS)})")
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cpu":
+            name = "cpu"
+        elif flash_attn_path.available():
+            name = "flash_attn"
+        else:
+            name = "triton"
+    if name == "reference":
+        return reference_kernels()
+    if name == "cpu":
+        from vllm_esp.ops import cpu_attention
 
-    hop = "flash_attn" if (override == "flash_attn" or
-                           (override in (None, "auto") and cuda and flash_attn_path.available())
-                           ) else "torch"
-    use_triton = override == "triton" or (
-        override in (None, "auto") and cuda and triton_kernels.AVAILABLE)
-    if use_triton and isinstance(layout, NhdPagedKV):
-        partial, partial_name = triton_kernels.paged_attention_with_lse_triton, "triton"
-    else:
-        partial, partial_name = paged_attention_with_lse, "torch"
-    if use_triton:
-        merge, merge_name = triton_kernels.merge_partials_triton, "triton"
-        m2 = _pairwise(merge)
-    elif override == "vllm":
-        merge, merge_name, m2 = merge_partials, "vllm", vllm_merge_two
-    else:
-        merge, merge_name, m2 = merge_partials, "torch", merge_two
-    return OpsBackends(hop=hop, partial=partial, partial_name=partial_name,
-                       merge=merge, merge_name=merge_name, merge_two=m2)
+        return SpanKernels("cpu", cpu_attention.ragged_attention, cpu_attention.paged_attention,
+                           merge_partials)
+    if isinstance(layout, CpuPagedKV):
+        raise ValueError(f"ESP ops backend {name!r} cannot read vLLM's CPU KV cache layout")
+    if not triton_kernels.AVAILABLE:
+        raise RuntimeError(f"ESP ops backend {name!r} needs triton, which is not importable")
+    merge = triton_kernels.merge_partials_triton
+    if name == "triton":
+        return SpanKernels("triton", triton_kernels.ragged_attention_triton,
+                           triton_kernels.paged_attention_triton, merge)
+    if not flash_attn_path.available():
+        raise RuntimeError("ESP ops backend 'flash_attn' requested but flash-attn is not "
+                           "importable")
+
+    def ragged(q, k, v, segs, scale):
+        return flash_attn_path.ragged_attention_flash(
+            q, k, v, segs, scale, triton_kernels.ragged_attention_triton)
+
+    def paged(q, kv_cache, layout, segs, scale):
+        return flash_attn_path.paged_attention_flash(
+            q, kv_cache, layout, segs, scale, triton_kernels.paged_attention_triton)
+
+    return SpanKernels("flash_attn", ragged, paged, merge)
+
+
+def reference_kernels() -> SpanKernels:
+    """The dense reference behind the same calls: the oracle the tests compare with (and a
+    last resort). Quadratic memory: not for serving."""
+    from vllm_esp.ops.merge import merge_partials
+    from vllm_esp.ops.reference import segments_reference_paged, segments_reference_ragged
+
+    return SpanKernels("reference", segments_reference_ragged, segments_reference_paged,
+                       merge_partials)

@@ -180,6 +180,11 @@ class _DevicePagedKV(_PagedKV):
     def _split(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def kv_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V as views ``[num_blocks, block_size, Hkv, D]`` (what device kernels read
+        in place: flash-attn's paged layout, the Triton kernel)."""
+        return self._split(kv_cache)
+
     def write(self, kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               slot_mapping: torch.Tensor) -> None:
         """Store ``key/value [T, Hkv, D]`` at ``slot_mapping [T]`` (int64; -1 = skip)."""

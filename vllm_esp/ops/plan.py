@@ -1,172 +1,161 @@
-"""Per-iteration plans the ESP attention ops consume, and the stripe arithmetic.
+"""The per-step plan of ESP attention: who computes which rows, who holds which KV.
 
-The plans are built by the scheduler/integration layer once per iteration and shared by all
-layers; they are identical on every member of the ESP group except ``rank_in_group`` and the
-rank-local physical fields (slots, block tables). Everything a rank needs to know about the
-shapes its peers send is derivable from a plan, so no shape metadata travels.
+Plain data (numpy for the stripe arithmetic, no torch, no vLLM). The scheduler side
+(``integration``) builds one ``ESPStepPlan`` per engine step from vLLM's state and sends it to
+every instance; each instance's worker turns it into device tensors once per step
+(``ops.step.StepTensors``) and every layer reads those.
 
-Striping: in a prefill over ``k`` ranks, token ``t`` (0-based position inside the request's
-prefill) of every request lives on logical rank ``t % k``; rank ``r`` holds positions
-``r, r+k, r+2k, ...`` in increasing order. Local tensors are packed request-major: all local
-tokens of request 0, then request 1, ...
+Vocabulary:
+
+- a *spanning* request keeps contiguous token ranges (*chunks*) on several instances; chunk
+  ``j`` lives on its *holder*; the last holder, the *master*, runs the real request;
+- a *ring prefill* (LoongServe's striped ring) prefills a prompt on all its members in one
+  step: member ``r`` computes the rows at its *positions* (a stripe of the prompt), the K/V
+  shards travel around the ring, and each member stores the visiting tokens of its *keep
+  range* ``[keep_begin, keep_end)`` in its paged cache;
+- a *span query* (``SpanAttention``) is an instance computing rows of a request whose
+  earlier tokens (``peers``) live on other instances: it attends its local KV and asks each
+  peer for a partial (output, log-sum-exp) over theirs, merged by LSE. Decode steps of
+  spanning requests are span queries of one row.
+
+Every shape a transfer needs follows from the plan, so no metadata travels with tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
-__all__ = [
-    "RingPrefillPlan",
-    "DecodePlan",
-    "stripe_len",
-    "stripe_counts",
-    "striped_positions",
-    "shard_slot_mapping",
-]
-
-
-def stripe_len(seq_len: int, k: int, r: int) -> int:
-    """Tokens of a ``seq_len``-token request that land on logical rank ``r`` of ``k``."""
-    return max(0, (seq_len - r + k - 1) // k)
-
-
-def stripe_counts(seq_lens: list[int], k: int, r: int) -> list[int]:
-    """Per-request local token counts on rank ``r`` (tokens, request order)."""
-    return [stripe_len(n, k, r) for n in seq_lens]
-
-
-def striped_positions(seq_lens: list[int], k: int, r: int) -> torch.Tensor:
-    """Global positions (within each request) of rank ``r``'s packed local tokens. int64."""
-    parts = [torch.arange(r, max(r, n), k, dtype=torch.int64) for n in seq_lens]
-    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+__all__ = ["PeerChunk", "SpanAttention", "RingMember", "RingPrefill", "ESPStepPlan",
+           "ring_groups", "stripes"]
 
 
 @dataclass(slots=True)
-class RingPrefillPlan:
-    """One prefill batch striped over an ESP group, as seen by one member.
+class PeerChunk:
+    instance: int  # instance holding this earlier chunk
+    num_tokens: int  # tokens of the request stored there (KV already written)
+    block_ids: list[int]  # that instance's physical block ids for them, in token order
 
-    Attributes:
-        group_ranks: ranks (in the ESP process group) of the batch's instances, in ring order;
-            ``k = len(group_ranks)``. Logical stripe index = index in this list.
-        rank_in_group: this rank's logical stripe index ``r`` (0 <= r < k).
-        seq_lens: prompt tokens of each request in this prefill (whole request, all ranks),
-            request order. Requests shorter than ``k`` leave some ranks with zero tokens.
-        keep_ranges: per request, ``(begin, end)`` token positions (end exclusive) whose K/V
-            this rank stores in its paged cache while shards pass (proactive migration).
-            ``None`` or an empty range = store nothing for that request.
-        keep_slots: int64 ``[sum(end - begin)]`` physical slot ids
-            (``block_id * block_size + offset``) of the kept tokens, request order then
-            position order. ``None`` when nothing is kept.
+
+@dataclass(slots=True)
+class SpanAttention:
+    """One local view of a spanning request scheduled this step (a span query)."""
+
+    req_id: str  # request id in the asking instance's own scheduler (and runner)
+    instance: int  # the asking instance (its scheduler scheduled the query tokens)
+    num_query_tokens: int  # tokens it computes this step (rows in its forward)
+    prefix_len: int  # tokens of the request held before this instance's chunk
+    local_len: int  # tokens stored on the asking instance after this step's writes
+    local_block_ids: list[int]  # its physical blocks for them (null prefix stripped)
+    peers: list[PeerChunk]  # holders of the earlier chunks (all of [0, prefix_len))
+
+
+def stripes(sizes: list[int]) -> list[np.ndarray]:
+    """Which prompt positions each member of a ring prefill computes.
+
+    Member ``j`` computes ``sizes[j]`` positions (the rows its scheduler scheduled) spread
+    evenly over the whole prompt, so that every member's causal attention work is in
+    proportion to its rows. Equal sizes give LoongServe's striping (position ``t`` on member
+    ``t % k``). Otherwise the last position is reserved for the last member (the master: its
+    last row is the one vLLM samples) and the other ``T - 1`` positions go, in order, to the
+    member whose next row is due soonest: member ``j``'s ``m``-th row is due at
+    ``(m + 1/2) / n_j`` of the prompt (ties to the lower member). Vectorised: O(T log T).
+    Returns ascending int64 positions per member.
     """
-
-    group_ranks: list[int]
-    rank_in_group: int
-    seq_lens: list[int]
-    keep_ranges: list[tuple[int, int]] | None = None
-    keep_slots: torch.Tensor | None = None
-    # derived per source rank, computed on first use and reused by every layer
-    _slot_maps: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        k = len(self.group_ranks)
-        if not 0 <= self.rank_in_group < k:
-            raise ValueError(f"rank_in_group {self.rank_in_group} outside group of {k}")
-        if any(n < 0 for n in self.seq_lens):
-            raise ValueError("negative sequence length")
-        if self.keep_ranges is not None:
-            if len(self.keep_ranges) != len(self.seq_lens):
-                raise ValueError("one keep range per request")
-            kept = 0
-            for (b, e), n in zip(self.keep_ranges, self.seq_lens):
-                if not (0 <= b <= e <= n):
-                    raise ValueError(f"keep range {(b, e)} outside request of {n} tokens")
-                kept += e - b
-            if kept and (self.keep_slots is None or self.keep_slots.numel() != kept):
-                raise ValueError(f"keep_slots must hold {kept} slot ids")
-
-    @property
-    def k(self) -> int:
-        return len(self.group_ranks)
-
-    def counts(self, r: int) -> list[int]:
-        """Per-request tokens on logical rank ``r``."""
-        return stripe_counts(self.seq_lens, self.k, r)
+    k = len(sizes)
+    if k == 0 or any(n < 0 for n in sizes) or sizes[-1] < 1:
+        raise ValueError(f"bad ring prefill sizes {sizes}")
+    total = sum(sizes)
+    if len(set(sizes)) == 1:
+        return [np.arange(j, total, k, dtype=np.int64) for j in range(k)]
+    left = list(sizes)
+    left[-1] -= 1  # reserved: the last position
+    members = np.repeat(np.arange(k), left)
+    rank = np.concatenate([np.arange(n) for n in left]) if total > 1 else np.zeros(0)
+    due = (rank + 0.5) / np.repeat(np.maximum(left, 1), left)
+    order = np.lexsort((members, due))  # by due time, then member
+    owner = np.empty(total, dtype=np.int64)
+    owner[:total - 1] = members[order]
+    owner[total - 1] = k - 1
+    return [np.flatnonzero(owner == j) for j in range(k)]
 
 
-def shard_slot_mapping(plan: RingPrefillPlan, src: int) -> torch.Tensor | None:
-    """Slot of each token of logical rank ``src``'s shard on *this* rank, or -1 (PAD: skip).
+@dataclass(slots=True)
+class RingMember:
+    """One instance's part of a ring prefill."""
 
-    Returns int64 ``[tokens in src's shard]`` or ``None`` if no token of that shard is kept.
-    """
-    if plan.keep_ranges is None or plan.keep_slots is None:
+    instance: int
+    req_id: str  # the view's request id in that instance's scheduler (and runner)
+    num_rows: int  # rows its scheduler scheduled (its chunk's length): the stripe's size
+    keep_begin: int  # prompt positions [keep_begin, keep_end) it stores (may be empty)
+    keep_end: int
+    block_ids: list[int]  # its physical blocks for the keep range, in token order
+    token_ids: list[int]  # prompt token ids at the positions it computes (``stripes``)
+
+
+@dataclass(slots=True)
+class RingPrefill:
+    """A prompt prefilled in one step by all its members (ring order = chunk order)."""
+
+    members: list[RingMember]
+
+    def positions(self) -> list[np.ndarray]:
+        return stripes([m.num_rows for m in self.members])
+
+    def member_index(self, instance: int) -> int | None:
+        for j, m in enumerate(self.members):
+            if m.instance == instance:
+                return j
         return None
-    if src not in plan._slot_maps:
-        plan._slot_maps[src] = _build_slot_mapping(plan, src)
-    return plan._slot_maps[src]
 
 
-def _build_slot_mapping(plan: RingPrefillPlan, src: int) -> torch.Tensor | None:
-    k = plan.k
-    maps, slot_off, any_kept = [], 0, False
-    for (b, e), n in zip(plan.keep_ranges, plan.seq_lens):
-        pos = torch.arange(src, max(src, n), k, dtype=torch.int64)
-        m = torch.full_like(pos, -1)
-        sel = (pos >= b) & (pos < e)
-        if bool(sel.any()):
-            any_kept = True
-            m[sel] = plan.keep_slots[slot_off + pos[sel] - b].to(torch.int64)
-        maps.append(m)
-        slot_off += e - b
-    return torch.cat(maps) if any_kept else None
+def ring_groups(rings: list[RingPrefill]) -> list[list[int]]:
+    """Indices of the rings that run as one batched ring: the same members' instances in the
+    same order (LoongServe batches their requests; one message per hop carries all shards).
+    Groups come in the order of their first ring."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, ring in enumerate(rings):
+        groups.setdefault(tuple(m.instance for m in ring.members), []).append(i)
+    return list(groups.values())
 
 
 @dataclass(slots=True)
-class DecodePlan:
-    """One decode batch over an ESP group (multi-master), as seen by one member.
+class ESPStepPlan:
+    """Spans scheduled this step; identical on every instance of the engine."""
 
-    Attributes:
-        group_ranks: ranks (in the ESP process group) of the batch's instances.
-        rank_in_group: this rank's index in ``group_ranks``.
-        masters: per request (batch order), index in ``group_ranks`` of its master. A master's
-            query rows are its requests in batch order.
-        kv_lens: ``kv_lens[i][j]`` = tokens of request ``i`` whose K/V is stored on group
-            member ``j`` (including the master's newly appended token). Any split is allowed,
-            including zeros on the master.
-        block_table: int32 ``[num_requests, max_blocks]`` this rank's physical block ids for
-            each request (rows of requests it holds nothing of are ignored).
-    """
+    spans: list[SpanAttention] = field(default_factory=list)
+    # request id -> tokens produced so far, for a request that is new on its instance's
+    # runner but already has outputs (scale-up, or placed again after a recompute)
+    resume_outputs: dict[str, list[int]] = field(default_factory=dict)
+    rings: list[RingPrefill] = field(default_factory=list)
 
-    group_ranks: list[int]
-    rank_in_group: int
-    masters: list[int]
-    kv_lens: list[list[int]]
-    block_table: torch.Tensor
+    def asked_by(self, instance: int) -> list[SpanAttention]:
+        return [s for s in self.spans if s.instance == instance]
 
-    def __post_init__(self) -> None:
-        k = len(self.group_ranks)
-        if not 0 <= self.rank_in_group < k:
-            raise ValueError("rank_in_group outside the group")
-        if len(self.kv_lens) != len(self.masters):
-            raise ValueError("one kv_lens row per request")
-        for m, row in zip(self.masters, self.kv_lens):
-            if not 0 <= m < k or len(row) != k or any(x < 0 for x in row):
-                raise ValueError("bad master index or kv_lens row")
+    def served_by(self, instance: int) -> list[tuple[SpanAttention, PeerChunk]]:
+        return [(s, p) for s in self.spans for p in s.peers if p.instance == instance]
 
-    @property
-    def k(self) -> int:
-        return len(self.group_ranks)
+    def ring_batches(self, instance: int) -> list[list[tuple[int, RingPrefill, int]]]:
+        """``rings_of(instance)`` grouped into the batches that run as one ring: rings over
+        the same instances in the same order (``ring_groups``), in plan order."""
+        return [[(i, self.rings[i], self.rings[i].member_index(instance)) for i in group]
+                for group in ring_groups(self.rings)
+                if self.rings[group[0]].member_index(instance) is not None]
 
-    def local_seq_lens(self) -> torch.Tensor:
-        """int32 ``[num_requests]``: tokens of each request stored on this rank."""
-        r = self.rank_in_group
-        return torch.tensor([row[r] for row in self.kv_lens], dtype=torch.int32)
+    def rings_of(self, instance: int) -> list[tuple[int, RingPrefill, int]]:
+        """``(index in rings, ring, member index)`` of each ring prefill this instance is a
+        member of, in plan order."""
+        found = ((i, r, r.member_index(instance)) for i, r in enumerate(self.rings))
+        return [(i, r, j) for i, r, j in found if j is not None]
 
-    def requests_of(self, master: int, holder: int | None = None) -> list[int]:
-        """Batch indices mastered by ``master`` (and held on ``holder`` when given)."""
-        return [
-            i
-            for i, m in enumerate(self.masters)
-            if m == master and (holder is None or self.kv_lens[i][holder] > 0)
-        ]
+    def involves(self, instance: int) -> bool:
+        return bool(self.asked_by(instance) or self.served_by(instance)
+                    or self.rings_of(instance))
+
+    def computed_here(self, instance: int) -> set[str]:
+        """Request ids (in ``instance``'s runner) whose attention rows ESP computes this step:
+        ring members' rows and span queries. The stock kernel skips them."""
+        ids = {s.req_id for s in self.asked_by(instance)}
+        ids.update(r.members[j].req_id for _, r, j in self.rings_of(instance))
+        return ids

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["masked_attention_with_lse", "dense_causal_attention_varlen"]
+__all__ = ["masked_attention_with_lse", "dense_causal_attention_varlen",
+           "segments_reference_ragged", "segments_reference_paged"]
 
 
 def masked_attention_with_lse(
@@ -62,3 +63,41 @@ def dense_causal_attention_varlen(
         lses.append(l)
         start += n
     return torch.cat(outs), torch.cat(lses, dim=1)
+
+
+def _visible(limits, num_keys: int, device) -> torch.Tensor:
+    lim = torch.as_tensor(limits, dtype=torch.int64, device=device).unsqueeze(1)
+    return torch.arange(num_keys, device=device).unsqueeze(0) < lim
+
+
+def segments_reference_ragged(q, k, v, segs, scale):
+    """Dense twin of the backends' ``ragged`` call (``ops.dispatch``): per segment, the masked
+    reference over its keys ``k[k_start:]``. Float32 out and LSE; -inf for rows outside."""
+    out = torch.zeros(q.shape[0], q.shape[1], q.shape[2], dtype=torch.float32, device=q.device)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32,
+                     device=q.device)
+    for s in segs:
+        n = s.num_keys
+        ks, vs = k[s.k_start:s.k_start + n], v[s.k_start:s.k_start + n]
+        o, l = masked_attention_with_lse(q[s.q_start:s.q_end], ks, vs,
+                                         _visible(s.limits, n, q.device), scale)
+        out[s.q_start:s.q_end], lse[:, s.q_start:s.q_end] = o.float(), l
+    return out, lse
+
+
+def segments_reference_paged(q, kv_cache, layout, segs, scale):
+    """Dense twin of the backends' ``paged`` call: gathers each segment's blocks whole."""
+    out = torch.zeros(q.shape[0], q.shape[1], q.shape[2], dtype=torch.float32, device=q.device)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32,
+                     device=q.device)
+    bs = layout.block_size
+    for s in segs:
+        n = s.num_keys
+        if not n:
+            continue
+        ids = torch.tensor(s.block_ids[: -(-n // bs)], dtype=torch.int64, device=q.device)
+        ks, vs = layout.gather(kv_cache, ids)
+        o, l = masked_attention_with_lse(q[s.q_start:s.q_end], ks[:n], vs[:n],
+                                         _visible(s.limits, n, q.device), scale)
+        out[s.q_start:s.q_end], lse[:, s.q_start:s.q_end] = o.float(), l
+    return out, lse

@@ -1,99 +1,63 @@
-"""Striped ring prefill attention with proactive keep-range KV writes.
+"""LoongServe's striped ring prefill, one layer: the one ring loop of the project.
 
-Per layer, on logical rank ``r`` of a ``k``-rank ESP group:
+Per layer, on member ``r`` of a ring of ``k`` instances (``ops.step.RingBatchStep``):
 
-    shard = own (K, V)
+    shard = own (K, V) rows
     for hop h in 0..k-1:
-        post ring shift of shard to r+1 / from r-1        (not on the last hop)
-        write the shard's tokens inside this rank's keep ranges into the paged cache
-        partial = attention(local queries, shard from rank (r - h) mod k)   (square causal)
-        (out, lse) = merge(out, lse, partial)                                (online softmax)
-        shard = wait for the received shard
+        post the ring shift of shard to r+1 / from r-1          (not on the last hop)
+        write the shard's rows that fall in my keep ranges into my paged cache
+        partial = attention(my rows, shard of member (r - h) mod k)   (staircase by position)
+        (out, lse) = merge(out, lse, partial)                         (online softmax, fp32)
+        shard = the received shard
 
-The transfer of hop h+1 is in flight while hop h computes. Each rank sends k-1 shards, so
-the whole group moves ``(k-1) * |all K,V of the batch|`` bytes per layer and no extra bytes
-for migration: every shard visits every rank anyway (LoongServe's proactive migration).
-The running merge is kept in float32 and cast to the query dtype at the end.
+Members compute any rows (*stripes*): each row's key limit on a shard comes from global
+positions (``ops.keys.by_position``), so LoongServe's ``t % k`` striping and the weighted
+stripes of unequal chunks are one scheme. The transfer of hop ``h + 1`` is in flight while
+hop ``h`` computes; every shard visits every member, so any keep-range placement costs no
+extra bytes (proactive migration). Requests of one batched ring share each message.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 
-from vllm_esp.comm.communicator import ESPCommunicator
-from vllm_esp.ops.hop_attention import stripe_hop_attention
-from vllm_esp.ops.merge import merge_two
-from vllm_esp.ops.plan import RingPrefillPlan, shard_slot_mapping
+from vllm_esp.ops.dispatch import SpanKernels
+from vllm_esp.ops.step import RingBatchStep
 
-__all__ = ["KVWriter", "ring_prefill_attention", "RING_TAG"]
+__all__ = ["ring_layer", "RING_TAG"]
 
-RING_TAG = 1  # communicator tag of ring-prefill shards
+RING_TAG = 22  # communicator tag of ring shards
 
 
-class KVWriter(Protocol):
-    """Anything with ``write(kv_cache, key, value, slot_mapping)``: see ``ops.kv_cache``."""
+def ring_layer(batch: RingBatchStep, comm, kernels: SpanKernels, layout, kv_cache: torch.Tensor,
+               query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               output: torch.Tensor, scale: float) -> None:
+    """Attention of this member's rows over the whole batch's K/V, written to ``output``.
 
-    def write(self, kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              slot_mapping: torch.Tensor) -> None: ...
-
-
-def ring_prefill_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    plan: RingPrefillPlan,
-    comm: ESPCommunicator | None,
-    scale: float,
-    kv_cache: torch.Tensor | None = None,
-    kv_writer: KVWriter | None = None,
-    hop_backend: str = "torch",
-    merge_fn=merge_two,
-    return_lse: bool = False,
-):
-    """Causal attention of this rank's striped queries over the whole batch's K/V.
-
-    Args:
-        q: ``[T_local, Hq, D]`` local queries (request-major, positions per ``plan``).
-        k, v: ``[T_local, Hkv, D]`` this rank's K/V shard (after RoPE), same rows as ``q``.
-        plan: the batch's ring plan (identical on all members but ``rank_in_group``).
-        comm: communicator whose ``rank`` is ``plan.group_ranks[plan.rank_in_group]``;
-            may be ``None`` when ``k == 1``.
-        kv_cache, kv_writer: this layer's paged cache and its layout; when both are given,
-            tokens inside ``plan.keep_ranges`` are written as shards pass.
-        hop_backend: "torch" or "flash_attn" (see ``hop_attention``).
-        merge_fn: ``(o_a, lse_a, o_b, lse_b) -> (o, lse)``; torch by default.
-    Returns:
-        ``out [T_local, Hq, D]`` in ``q.dtype`` (and ``lse [Hq, T_local]`` float32 if asked).
+    ``query/output [T, Hq, D]`` and ``key/value [T, Hkv, D]`` are the forward's rows; the
+    batch's rows are ``batch.rows`` of them. ``comm`` needs ``ring_shift`` (an
+    ``ESPCommunicator``) when the ring has more than one member.
     """
-    kk, r = plan.k, plan.rank_in_group
-    counts = [plan.counts(j) for j in range(kk)]
-    if q.shape[0] != sum(counts[r]) or k.shape[0] != q.shape[0]:
-        raise ValueError(f"local rows {q.shape[0]} != plan's {sum(counts[r])} for rank {r}")
-    if kk > 1 and comm is None:
-        raise ValueError("a ring over more than one rank needs a communicator")
-    write = kv_cache is not None and kv_writer is not None and plan.keep_ranges is not None
+    k, r = len(batch.group), batch.me
+    q = query[batch.rows]
+    shard = [key[batch.rows].contiguous(), value[batch.rows].contiguous()]
     out = lse = None
-    shard_k, shard_v = k.contiguous(), v.contiguous()
-    for h in range(kk):
-        src = (r - h) % kk
+    for h in range(k):
+        src = (r - h) % k
         pending = None
-        if h < kk - 1:
-            nxt_src = (r - h - 1) % kk
-            n_next = sum(counts[nxt_src])
-            buf_k = k.new_empty((n_next, *k.shape[1:]))
-            buf_v = v.new_empty((n_next, *v.shape[1:]))
-            pending = comm.ring_shift([shard_k, shard_v], [buf_k, buf_v], plan.group_ranks,
-                                      tag=RING_TAG)
-        if write:
-            slots = shard_slot_mapping(plan, src)
-            if slots is not None:
-                kv_writer.write(kv_cache, shard_k, shard_v, slots.to(shard_k.device))
-        o_h, l_h = stripe_hop_attention(q, shard_k, shard_v, counts[r], counts[src], r, src,
-                                        scale, backend=hop_backend)
-        out, lse = (o_h, l_h) if out is None else merge_fn(out, lse, o_h, l_h)
+        if h < k - 1:
+            n_next = batch.shard_rows[(r - h - 1) % k]
+            bufs = [shard[0].new_empty((n_next, *shard[0].shape[1:])),
+                    shard[1].new_empty((n_next, *shard[1].shape[1:]))]
+            pending = comm.ring_shift(shard, bufs, batch.group, tag=RING_TAG)
+        slots = batch.keep_slots[src]
+        if slots is not None:
+            layout.write(kv_cache, shard[0], shard[1], slots)
+        o, l = kernels.ragged(q, shard[0], shard[1], batch.segments[src], scale)
+        if out is None:
+            out, lse = o, l
+        else:
+            out, lse = kernels.merge(torch.stack([out, o]), torch.stack([lse, l]))
         if pending is not None:
-            shard_k, shard_v = pending.wait_one()
-    out = out.to(q.dtype)
-    return (out, lse) if return_lse else out
+            shard = pending.wait_one()
+    output[batch.rows] = out.to(output.dtype)

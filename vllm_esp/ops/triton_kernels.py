@@ -1,13 +1,18 @@
-"""Triton kernels (GPU path): paged partial attention with LSE, and the n-way LSE merge.
+"""Triton backend of ESP attention (GPU): staircase attention over a contiguous or a paged key
+source, split along the keys for long contexts, and the n-way LSE merge.
 
-Same signatures and results as the torch references ``paged_attention_with_lse`` (for the
-``NhdPagedKV`` layout) and ``merge_partials``. On a CPU they run only under
-``TRITON_INTERPRET=1`` (tests do that with small shapes). Importing this module never fails:
+Same signatures and results as the CPU backend (``ops.cpu_attention``) for the device paged
+layouts (``NhdPagedKV``, vLLM's ``FLASH_ATTN`` cache ``FlashPagedKV``): one program per tile
+of ``BLOCK_M`` rows of one segment, one query head and one key split; it walks the keys up to
+the tile's largest limit in ``BLOCK_N`` steps (through the block table when paged), masks
+each row at its own limit and keeps an online softmax in float32. On a CPU it runs only under
+``TRITON_INTERPRET=1`` (the tests do, with small shapes). Importing this module never fails:
 without Triton, ``AVAILABLE`` is False and the wrappers raise.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 try:  # optional dependency
@@ -19,56 +24,74 @@ except Exception:  # pragma: no cover - depends on the environment
     triton = tl = None
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "paged_attention_with_lse_triton", "merge_partials_triton"]
+__all__ = ["AVAILABLE", "ragged_attention_triton", "paged_attention_triton",
+           "merge_partials_triton"]
+
+BLOCK_M = 16  # query rows per program
+BLOCK_N = 32  # keys per inner step
+SPLIT_KEYS = 2048  # a tile whose keys exceed this is split along the keys (then merged)
 
 if AVAILABLE:
 
     @triton.jit
-    def _paged_attn_kernel(
-        q_ptr, k_ptr, v_ptr, bt_ptr, len_ptr, out_ptr, lse_ptr,
-        scale, max_blocks, num_q_heads, group,
-        s_qb, s_qh, s_kb, s_kt, s_kh, s_bt, s_ob, s_oh, s_lh,
-        BLOCK_SIZE: tl.constexpr, BLOCK_T: tl.constexpr, HEAD_DIM: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+    def _staircase_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
+        lim_ptr, tile_seg_ptr, tile_r0_ptr, tile_r1_ptr, kstart_ptr, bt_ptr,
+        scale, keys_per_split, group,
+        s_qt, s_qh, s_kb, s_kt, s_kh, s_bt, s_os, s_ot, s_oh, s_ls, s_lh,
+        PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        # one program per (request, query head); online softmax over the request's blocks
-        b = tl.program_id(0)
+        t = tl.program_id(0)
         h = tl.program_id(1)
+        sp = tl.program_id(2)
+        seg = tl.load(tile_seg_ptr + t)
+        r0 = tl.load(tile_r0_ptr + t)
+        r1 = tl.load(tile_r1_ptr + t)
         kvh = h // group
-        n = tl.load(len_ptr + b)
+        offs_m = r0 + tl.arange(0, BM)
+        mmask = offs_m < r1
+        lim = tl.load(lim_ptr + offs_m, mask=mmask, other=0)
+        k_lo = sp * keys_per_split
+        k_hi = tl.minimum(tl.max(lim, axis=0), k_lo + keys_per_split)
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < HEAD_DIM
-        offs_t = tl.arange(0, BLOCK_T)
-        tmask = offs_t < BLOCK_SIZE
-        q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_d, mask=dmask, other=0.0).to(tl.float32)
-        m_i = float("-inf")
-        l_i = 0.0
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        nblk = (n + BLOCK_SIZE - 1) // BLOCK_SIZE
-        for j in range(0, nblk):
-            blk = tl.load(bt_ptr + b * s_bt + j).to(tl.int64)
-            tok = j * BLOCK_SIZE + offs_t
-            valid = tmask & (tok < n)
-            base = blk * s_kb + kvh * s_kh
-            ptrs = base + offs_t[:, None] * s_kt + offs_d[None, :]
-            m2 = valid[:, None] & dmask[None, :]
-            k = tl.load(k_ptr + ptrs, mask=m2, other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + ptrs, mask=m2, other=0.0).to(tl.float32)
-            s = tl.sum(k * q[None, :], axis=1) * scale
-            s = tl.where(valid, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=0)
-            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        q = tl.load(q_ptr + offs_m[:, None] * s_qt + h * s_qh + offs_d[None, :],
+                    mask=mmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+        m_i = tl.full([BM], float("-inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        acc = tl.zeros([BM, BLOCK_D], tl.float32)
+        kbase = tl.load(kstart_ptr + seg).to(tl.int64)
+        for start in range(k_lo, k_hi, BN):
+            offs_n = start + tl.arange(0, BN)
+            nmask = offs_n < k_hi
+            if PAGED:
+                blk = tl.load(bt_ptr + seg * s_bt + offs_n // BLOCK_SIZE, mask=nmask,
+                              other=0).to(tl.int64)
+                rows = blk * s_kb + (offs_n % BLOCK_SIZE).to(tl.int64) * s_kt
+            else:
+                rows = (kbase + offs_n.to(tl.int64)) * s_kt
+            ptrs = rows[:, None] + kvh * s_kh + offs_d[None, :]
+            kvm = nmask[:, None] & dmask[None, :]
+            kt = tl.load(k_ptr + ptrs, mask=kvm, other=0.0).to(tl.float32)
+            vt = tl.load(v_ptr + ptrs, mask=kvm, other=0.0).to(tl.float32)
+            s = tl.dot(q, tl.trans(kt)) * scale
+            vis = (offs_n[None, :] < lim[:, None]) & nmask[None, :]
+            s = tl.where(vis, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p, vt)
             m_i = m_new
-        has = n > 0
-        denom = tl.where(has, l_i, 1.0)
-        o = acc / denom
-        lse = tl.where(has, m_i + tl.log(denom), float("-inf"))
-        tl.store(out_ptr + b * s_ob + h * s_oh + offs_d, o.to(out_ptr.dtype.element_ty),
-                 mask=dmask)
-        tl.store(lse_ptr + h * s_lh + b, lse)
+        has = l_i > 0
+        den = tl.where(has, l_i, 1.0)
+        o = acc / den[:, None]
+        lse = tl.where(has, m_i + tl.log(den), float("-inf"))
+        tl.store(out_ptr + sp * s_os + offs_m[:, None] * s_ot + h * s_oh + offs_d[None, :], o,
+                 mask=mmask[:, None] & dmask[None, :])
+        tl.store(lse_ptr + sp * s_ls + h * s_lh + offs_m, lse, mask=mmask)
 
     @triton.jit
     def _merge_kernel(
@@ -110,27 +133,62 @@ def _need():
         raise RuntimeError("triton is not installed")
 
 
-def paged_attention_with_lse_triton(q, kv_cache, layout, block_table, seq_lens, scale):
-    """Triton twin of ``paged_attention_with_lse`` for ``NhdPagedKV`` caches."""
+def _tiles(segs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Per program tile: its segment and row range (device int32), and the longest key range
+    of any segment (host), built once per step (cached on ``segs``)."""
+    key = ("triton_tiles", BLOCK_M)
+    if key not in segs._cache:
+        seg, r0, r1 = [], [], []
+        for i, s in enumerate(segs):
+            for a in range(s.q_start, s.q_end, BLOCK_M):
+                seg.append(i)
+                r0.append(a)
+                r1.append(min(a + BLOCK_M, s.q_end))
+        to = [torch.from_numpy(np.array(x, dtype=np.int32)).to(segs.device) for x in (seg, r0, r1)]
+        longest = max((s.num_keys for s in segs), default=0)
+        segs._cache[key] = (*to, longest)
+    return segs._cache[key]
+
+
+def _launch(q, k, v, segs, scale, paged: bool, block_size: int, strides, bt):
     _need()
-    b, hq, d = q.shape
-    out = torch.zeros(b, hq, d, dtype=q.dtype, device=q.device)
-    lse = torch.full((hq, b), float("-inf"), dtype=torch.float32, device=q.device)
-    if b == 0:
-        return out, lse
-    kc, vc = kv_cache[0], kv_cache[1]  # [nb, bs, Hkv, D], contiguous slices
-    bt = block_table.to(torch.int32).contiguous()
-    lens = seq_lens.to(torch.int32).to(q.device).contiguous()
-    q = q.contiguous()
-    _paged_attn_kernel[(b, hq)](
-        q, kc, vc, bt, lens, out, lse,
-        float(scale), bt.shape[1], hq, hq // kc.shape[2],
-        q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2), bt.stride(0),
-        out.stride(0), out.stride(1), lse.stride(0),
-        BLOCK_SIZE=layout.block_size, BLOCK_T=triton.next_power_of_2(layout.block_size),
-        HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
-    )
-    return out, lse
+    rows, hq, d = q.shape
+    seg, r0, r1, longest = _tiles(segs)
+    num_tiles = seg.numel()
+    splits = max(1, -(-longest // SPLIT_KEYS)) if rows <= 4 * BLOCK_M else 1
+    per_split = -(-max(longest, 1) // splits)
+    per_split = -(-per_split // BLOCK_N) * BLOCK_N
+    out = torch.zeros(splits, rows, hq, d, dtype=torch.float32, device=q.device)
+    lse = torch.full((splits, hq, rows), float("-inf"), dtype=torch.float32, device=q.device)
+    if num_tiles and rows:
+        s_kb, s_kt, s_kh = strides
+        kstart = segs.device_array("k_start")
+        _staircase_kernel[(num_tiles, hq, splits)](
+            q, k, v, out, lse, segs.row_limits(), seg, r0, r1, kstart, bt,
+            float(scale), per_split, hq // k.shape[-2],
+            q.stride(0), q.stride(1), s_kb, s_kt, s_kh, bt.stride(0),
+            out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+            PAGED=paged, BLOCK_SIZE=block_size, BM=BLOCK_M, BN=BLOCK_N, HEAD_DIM=d,
+            BLOCK_D=max(16, triton.next_power_of_2(d)),
+        )
+    if splits == 1:
+        return out[0], lse[0]
+    return merge_partials_triton(out, lse)
+
+
+def ragged_attention_triton(q, k, v, segs, scale):
+    """Triton twin of ``cpu_attention.ragged_attention``: keys in ``k, v [Tk, Hkv, D]``."""
+    dummy = torch.zeros(1, 1, dtype=torch.int32, device=q.device)
+    return _launch(q.contiguous(), k, v, segs, scale, False, 1,
+                   (0, k.stride(0), k.stride(1)), dummy)
+
+
+def paged_attention_triton(q, kv_cache, layout, segs, scale):
+    """Triton twin of ``cpu_attention.paged_attention`` for the device layouts (K/V views
+    ``[num_blocks, block_size, Hkv, D]`` with a contiguous last dim)."""
+    kc, vc = layout.kv_views(kv_cache)
+    return _launch(q.contiguous(), kc, vc, segs, scale, True, layout.block_size,
+                   (kc.stride(0), kc.stride(1), kc.stride(2)), segs.block_table())
 
 
 def merge_partials_triton(outs, lses):

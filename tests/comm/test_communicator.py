@@ -81,3 +81,55 @@ def test_ring_shift_posts_without_blocking(esp_world):
     res = esp_world.run(_late_partner, [(group, 1.0), None, None, (group, 1.0)])
     posted, waited, total = res[0]
     assert posted < 0.3 and waited > 0.7 and total == 1000.0
+
+
+class _NcclLikeGroup:
+    """Records how the communicator posts p2p ops on a group that coalesces (NCCL)."""
+
+    def __init__(self):
+        self.log = []
+
+    def _get_backend_name(self):
+        return "nccl"
+
+    def _start_coalescing(self, device):
+        self.log.append(("start", str(device)))
+
+    def _end_coalescing(self, device):
+        self.log.append(("end", str(device)))
+        return _Done()
+
+    def send(self, tensors, peer, tag):
+        self.log.append(("send", peer, tag))
+        return _Done()
+
+    def recv(self, tensors, peer, tag):
+        self.log.append(("recv", peer, tag))
+        return _Done()
+
+
+class _Done:
+    def wait(self):
+        return True
+
+
+def test_nccl_ring_shift_is_one_grouped_p2p_call():
+    """Two instances shifting K and V to each other: with separate blocking NCCL sends both
+    would wait for a receive that is never posted (above NCCL's buffer); grouped, the sends
+    and receives of the call form one NCCL group and one work object."""
+    pg = _NcclLikeGroup()
+    comm = ESPCommunicator(pg, 0, device=torch.device("cpu"))
+    send = [torch.ones(4, 2), torch.ones(4, 2)]
+    recv = [torch.empty(4, 2), torch.empty(4, 2)]
+    p = comm.ring_shift(send, recv, [0, 1])
+    kinds = [e[0] for e in pg.log]
+    assert kinds == ["start", "send", "send", "recv", "recv", "end"]
+    assert len(p.works) == 1 and p.wait_one() is not None
+
+
+def test_gloo_posts_each_op():
+    pg = _NcclLikeGroup()
+    pg._get_backend_name = lambda: "gloo"
+    comm = ESPCommunicator(pg, 0, device=torch.device("cpu"))
+    p = comm.exchange({1: [torch.ones(2)]}, {1: [torch.empty(2)]}, tag=3)
+    assert [e[0] for e in pg.log] == ["send", "recv"] and len(p.works) == 2

@@ -245,3 +245,20 @@ def test_flash_path_packs_segments_like_the_oracle(monkeypatch):
         assert_same(got, segments_reference_paged(q, cache, layout, segs, 0.1))
     finally:
         flash_attn_path.set_override(None)
+
+
+@pytest.mark.parametrize("layout_cls", [CpuPagedKV, FlashPagedKV])
+def test_few_rows_read_consecutive_blocks_in_place(layout_cls):
+    """Runs of consecutive block ids are read as views of the cache (mixed here with
+    scattered ones and a partial last block)."""
+    layout = layout_cls(2, 64, 16, torch.float32)
+    cache = layout.allocate(40)
+    g = torch.Generator().manual_seed(9)
+    junk = torch.randn(40 * 16, 2, 64, generator=g)
+    layout.write(cache, junk, -junk, torch.arange(40 * 16))
+    blocks = list(range(3, 12)) + [30, 20, 25] + list(range(33, 39))
+    segs = KeySegments([keys.full(0, 1, 16 * len(blocks) - 5, block_ids=blocks),
+                        keys.causal(1, 3, 16 * 9 + 2, block_ids=blocks)])
+    q = torch.randn(4, 8, 64, generator=g)
+    assert_same(cpu_attention.paged_attention(q, cache, layout, segs, 0.1),
+                segments_reference_paged(q, cache, layout, segs, 0.1))

@@ -12,6 +12,14 @@ transfers on its own threads; NCCL on its own stream).
 Matching rule: both sides derive message shapes from the shared per-iteration plan, so no
 shape metadata travels and empty tensors are simply not sent. Tensor ``i`` of a call with
 base tag ``t`` travels under tag ``t * 64 + i`` (gloo matches by (peer, tag)).
+
+NCCL: separate blocking sends posted before the matching receives deadlock once a message
+exceeds NCCL's internal buffer (a ring shift of two instances has both ranks send K and V
+first). Every call on a group that coalesces (``_start_coalescing`` / ``_end_coalescing``,
+NCCL's grouped p2p, what ``torch.distributed.batch_isend_irecv`` does) posts all its sends
+and receives as one group. Gloo buffers sends; its calls are posted one by one. When the
+instances share one GPU, NCCL cannot form the group (duplicate device): the group is gloo
+and device tensors travel through host memory (``host_staging``).
 """
 
 from __future__ import annotations
@@ -35,12 +43,15 @@ class Pending:
     works: list  # torch Work objects (sends and receives)
     recvs: dict[int, list[torch.Tensor]]  # peer rank -> buffers being filled
     bytes_sent: int  # bytes this call sends (payload only)
+    landing: list = field(default_factory=list)  # (host buffer, device buffer) to copy back
     _done: bool = field(default=False)
 
     def wait(self) -> dict[int, list[torch.Tensor]]:
         if not self._done:
             for w in self.works:
                 w.wait()
+            for host, dev in self.landing:
+                dev.copy_(host)
             self._done = True
         return self.recvs
 
@@ -58,9 +69,13 @@ class ESPCommunicator:
         rank: this process's rank in ``pg``.
     """
 
-    def __init__(self, pg: dist.ProcessGroup | None, rank: int):
+    def __init__(self, pg: dist.ProcessGroup | None, rank: int, device: torch.device | None = None,
+                 host_staging: bool = False):
         self.pg = pg
         self.rank = rank
+        # group p2p calls (NCCL) on this device; None posts each op on its own (gloo)
+        self.coalesce_device = device if device is not None and _coalesces(pg) else None
+        self.host_staging = host_staging  # device tensors travel through host memory
         self.bytes_sent = 0  # bytes, cumulative over all calls
         self.bytes_by_op: dict[str, int] = defaultdict(int)  # op name -> bytes, cumulative
         self.calls_by_op: dict[str, int] = defaultdict(int)
@@ -84,8 +99,7 @@ class ESPCommunicator:
         ``recvs[p]`` must list buffers shaped exactly like what peer ``p`` sends to us under
         the same ``tag``. Zero-element tensors are skipped on both sides.
         """
-        works = []
-        nbytes = 0
+        ops, nbytes, out, landing = [], 0, {}, []
         for peer, tensors in sends.items():
             if peer == self.rank:
                 raise ValueError("an ESP rank does not send to itself")
@@ -96,21 +110,39 @@ class ESPCommunicator:
                     continue
                 t = t.contiguous()
                 nbytes += t.numel() * t.element_size()
-                works.append(self.pg.send([t], peer, tag * _MAX_TENSORS_PER_PEER + i))
-        out: dict[int, list[torch.Tensor]] = {}
+                ops.append(("send", t.cpu() if self.host_staging else t, peer,
+                            tag * _MAX_TENSORS_PER_PEER + i))
         for peer, bufs in recvs.items():
             for i, b in enumerate(bufs):
                 if not b.is_contiguous():
                     raise ValueError("receive buffers must be contiguous")
                 if b.numel() == 0:
                     continue
-                works.append(self.pg.recv([b], peer, tag * _MAX_TENSORS_PER_PEER + i))
+                if self.host_staging and b.device.type != "cpu":
+                    host = torch.empty(b.shape, dtype=b.dtype)
+                    landing.append((host, b))
+                    b = host
+                ops.append(("recv", b, peer, tag * _MAX_TENSORS_PER_PEER + i))
             out[peer] = list(bufs)
+        works = self._post(ops)
         self.bytes_sent += nbytes
         self.bytes_by_op[op] += nbytes
         self.calls_by_op[op] += 1
         self.last_call_bytes = nbytes
-        return Pending(works, out, nbytes)
+        return Pending(works, out, nbytes, landing)
+
+    def _post(self, ops: list[tuple[str, torch.Tensor, int, int]]) -> list:
+        """Post the p2p ops: as one NCCL group when the group coalesces, else one by one."""
+        if not ops:
+            return []
+        if self.coalesce_device is not None:
+            self.pg._start_coalescing(self.coalesce_device)
+        works = [self.pg.send([t], peer, tag) if kind == "send" else
+                 self.pg.recv([t], peer, tag) for kind, t, peer, tag in ops]
+        if self.coalesce_device is not None:
+            work = self.pg._end_coalescing(self.coalesce_device)
+            return [work] if work is not None else works
+        return works
 
     def ring_shift(
         self,
@@ -131,4 +163,14 @@ class ESPCommunicator:
         nxt, prv = group_ranks[(me + 1) % k], group_ranks[(me - 1) % k]
         # k == 2: next and previous are the same peer; send and receive use distinct buffers.
         p = self.exchange({nxt: send}, {prv: recv}, tag=tag, op="ring_shift")
-        return Pending(p.works, {prv: p.recvs.get(prv, list(recv))}, p.bytes_sent)
+        return Pending(p.works, {prv: p.recvs.get(prv, list(recv))}, p.bytes_sent, p.landing)
+
+
+def _coalesces(pg) -> bool:
+    """Does ``pg`` group its p2p ops (NCCL)? Gloo's groups do not."""
+    if pg is None or not hasattr(pg, "_start_coalescing"):
+        return False
+    try:
+        return pg._get_backend_name() == "nccl"
+    except Exception:  # older torch: ask the backend object
+        return "nccl" in type(pg).__name__.lower()

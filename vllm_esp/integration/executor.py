@@ -27,7 +27,7 @@ from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 
 from vllm_esp import envs
 from vllm_esp.config import ESPConfig, SCHEDULER_QUALNAME, check_worker_limit
-from vllm_esp.integration import cpu_binding, ray_instances
+from vllm_esp.integration import cpu_binding, gpu_placement, ray_instances
 from vllm_esp.integration.outputs import (
     ESPSchedulerOutput,
     merge_model_runner_outputs,
@@ -58,6 +58,10 @@ class ESPExecutor(Executor):
             # EngineCore builds the scheduler after the executor: make the default ours.
             sched.scheduler_cls = SCHEDULER_QUALNAME
         if self.esp.instances > 1:
+            # One model-runner mode in every process: the engine's per-instance schedulers
+            # (built after the executor, in this process) and the workers both run vLLM's V1
+            # runner, which the ESP runner extends. Mixed modes corrupt resumed requests.
+            os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
             # ESP capacity is the sum of the pools: max_model_len may exceed one pool.
             from vllm_esp_patches import pooled_capacity
 
@@ -71,6 +75,9 @@ class ESPExecutor(Executor):
         self._pending: list[Any] | None = None
         self.instances: list[MultiprocExecutor] = []
         binds = cpu_binding.per_instance(self.esp) if _on_cpu() else [None] * self.esp.instances
+        self.placements = None if _on_cpu() or self.esp.instance_backend == "ray" else \
+            gpu_placement.place_instances(self.esp.instances, self.esp.tp,
+                                          gpu_placement.visible_gpus())
         try:
             if self.esp.instance_backend == "ray":
                 ray_instances.check_room(self.esp.num_workers)
@@ -92,6 +99,8 @@ class ESPExecutor(Executor):
             config.parallel_config.worker_cls = ESP_CPU_WORKER
         elif self.esp.instances > 1:
             gpu_env = _fit_gpu_instance(config)
+        if self.placements is not None:
+            gpu_env.update(_place_gpu_instance(config, self.placements[index]))
         if _on_cpu() and config.cache_config.kv_cache_memory_bytes is None \
                 and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             gib = float(envs.VLLM_ESP_DEFAULT_CPU_KVCACHE_GIB)
@@ -100,6 +109,8 @@ class ESPExecutor(Executor):
                 logger.info("KV cache per CPU worker defaults to %.1f GiB "
                             "(set VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes)", gib)
         env = {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env}
+        if self.esp.instances > 1:
+            env["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # the ESP runner extends V1 (see __init__)
         with contextlib.ExitStack() as stack:
             for key, value in env.items():
                 stack.enter_context(_env(key, value))
@@ -122,13 +133,19 @@ class ESPExecutor(Executor):
             addresses = [tuple(a) for a in self.instances[0].collective_rpc("esp_store_address")]
         else:
             addresses = [("127.0.0.1", get_open_port()) for _ in range(self.esp.tp)]
+        shared = self.placements is not None and any(p.sharing > 1 for p in self.placements)
+        transport = "gloo" if shared else "auto"
         futures = [
             inst.collective_rpc("esp_init_communicator",
-                                args=(addresses, i, self.esp.instances), non_block=True)
+                                args=(addresses, i, self.esp.instances, transport),
+                                non_block=True)
             for i, inst in enumerate(self.instances)
         ]
-        for f in futures:
-            f.result()
+        used = {t for f in futures for t in f.result()}
+        if shared:
+            logger.warning("ESP instances share GPUs (%s): NCCL cannot link two ranks on one "
+                           "device, so the ESP communicator uses %s",
+                           [",".join(p.devices) for p in self.placements], ", ".join(used))
 
     # ---- the step -------------------------------------------------------------------
     def execute_model(self, scheduler_output, non_block: bool = False):
@@ -314,20 +331,26 @@ class _env:
 
 
 def _fit_gpu_instance(config) -> dict[str, str]:
-    """An instance's config for the ESP GPU worker (``esp_gpu_worker``): its worker class,
-    the FLASH_ATTN backend its attention override extends, eager mode (the span attention is
-    host code the plan changes every step) and the environment its processes need (V1 model
-    runner, vLLM's PyTorch sampler). Returns that environment."""
-    from vllm.config.compilation import CUDAGraphMode
+    """An instance's config for the ESP GPU worker (``esp_gpu_worker``): its worker class and
+    the FLASH_ATTN backend its attention override extends. torch.compile and CUDA graphs stay
+    as configured: the ESP runner runs a step with span traffic without a graph (eager
+    pieces), every other step as vLLM decides. Returns the environment its processes need
+    (V1 model runner, vLLM's PyTorch sampler, whose seeded draws a scale-up replays)."""
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
     from vllm_esp.integration.esp_gpu_worker import GPU_ENV
 
     config.parallel_config.worker_cls = ESP_GPU_WORKER
     config.attention_config.backend = AttentionBackendEnum.FLASH_ATTN
-    config.model_config.enforce_eager = True
-    config.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
     return dict(GPU_ENV)
+
+
+def _place_gpu_instance(config, placement) -> dict[str, str]:
+    """The instance sees only its GPUs; sharing them, it takes its share of the memory."""
+    if placement.sharing > 1:
+        cc = config.cache_config
+        cc.gpu_memory_utilization = cc.gpu_memory_utilization / placement.sharing
+    return placement.env
 
 
 def _on_cpu() -> bool:

@@ -96,6 +96,11 @@ class ESPScheduler(SchedulerInterface):
             )
             for _ in range(self.esp.instances)
         ]
+        if self.esp.instances > 1:
+            # the ESP workers run vLLM's V1 runner (ESPExecutor); a scheduler in V2 mode would
+            # send a resumed request as new request data, which V1 reads as a streaming update
+            for s in self.instances:
+                s.use_v2_model_runner = False
         self.pool = DistributedKVPool(self.instances, block_size)
         # the global manager's batching step over each step's new requests (cost profile)
         self.prefill_planner = PrefillPlanner(load_profile(self.esp.profile), block_size) \

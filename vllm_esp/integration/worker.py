@@ -32,16 +32,21 @@ class ESPWorkerExtension:
         return host, get_open_port()
 
     def esp_init_communicator(self, addresses: list[tuple[str, int]], instance: int,
-                              num_instances: int) -> None:
-        """Join the cross-instance group of this worker's TP rank (gloo on CPU, NCCL on GPU).
+                              num_instances: int, transport: str = "auto") -> str:
+        """Join the cross-instance group of this worker's TP rank and warm it up.
 
         ``addresses[tp_rank]`` is the (host, port) of that group's store (instance 0 hosts it).
+        ``transport``: ``auto`` = gloo on CPU, NCCL on GPU; ``gloo`` = gloo with device
+        tensors staged through host memory (instances sharing a GPU: NCCL refuses two ranks
+        on one device). The warm-up (one ring shift) makes NCCL allocate its communicator
+        now, before the KV cache takes the device memory. Returns the transport used.
         """
         from vllm.distributed import get_tensor_model_parallel_rank
         from vllm.distributed.utils import stateless_init_torch_distributed_process_group
         from vllm.platforms import current_platform
 
-        backend = "gloo" if current_platform.is_cpu() else "nccl"
+        on_cpu = current_platform.is_cpu()
+        backend = "gloo" if on_cpu or transport == "gloo" else "nccl"
         tp_rank = get_tensor_model_parallel_rank()
         host, port = addresses[tp_rank]
         self.esp_group = stateless_init_torch_distributed_process_group(
@@ -49,13 +54,16 @@ class ESPWorkerExtension:
             group_name=f"vllm_esp_tp{tp_rank}",
         )
         self.esp_rank, self.esp_world = instance, num_instances
-        if backend == "nccl":
+        if not on_cpu:
             self.esp_device = torch.device("cuda", torch.cuda.current_device())
         from vllm_esp.comm.communicator import ESPCommunicator
         from vllm_esp.integration import esp_step
 
-        esp_step.set_communicator(ESPCommunicator(self.esp_group, instance), instance,
-                                        self.esp_device)
+        comm = ESPCommunicator(self.esp_group, instance, device=self.esp_device,
+                               host_staging=backend == "gloo" and not on_cpu)
+        esp_step.set_communicator(comm, instance, self.esp_device)
+        self.esp_ring_shift([0.0])  # warm-up: the group's resources exist from now on
+        return backend if not comm.host_staging else "gloo (host staging)"
 
     def esp_ring_shift(self, values: list[float]) -> list[float]:
         """Send ``[own instance id] + values`` to the next instance; return what arrived.
@@ -65,14 +73,15 @@ class ESPWorkerExtension:
         """
         if self.esp_group is None:
             raise RuntimeError("ESP communicator not initialised (single instance?)")
+        from vllm_esp.integration import esp_step
+
+        comm = esp_step.communicator()[0]
         send = torch.tensor([float(self.esp_rank), *values], dtype=torch.float32,
                             device=self.esp_device)
         recv = torch.empty_like(send)
         nxt = (self.esp_rank + 1) % self.esp_world
         prv = (self.esp_rank - 1) % self.esp_world
-        works = [self.esp_group.send([send], nxt, 0), self.esp_group.recv([recv], prv, 0)]
-        for w in works:
-            w.wait()
+        comm.exchange({nxt: [send]}, {prv: [recv]}, tag=2, op="health").wait()
         return recv.cpu().tolist()
 
     def esp_kv_cache_num_blocks(self) -> int:

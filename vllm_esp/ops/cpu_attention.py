@@ -5,13 +5,16 @@ Two entry points, one per key source (see ``ops.keys``), both returning
 ``(out [rows, Hq, D] float32, lse [Hq, rows] float32)`` with ``out = 0, lse = -inf`` for rows
 that see no key:
 
-- ``ragged_attention``: keys in a contiguous tensor (a ring shard). Per tile of ``Q_TILE``
-  rows, the keys every row of the tile sees go to the kernel unmasked, as a view (no copy);
-  only the band where the staircase climbs inside the tile gets a mask.
-- ``paged_attention``: keys in the paged cache. One-row segments (decodes) are batched over
-  requests, ``DECODE_TILE_TOKENS`` keys at a time; longer segments read ``KEY_TILE`` keys at a
-  time. Either way at most a fixed number of keys is gathered out of the cache at once, and
-  partial results are merged by LSE (online softmax).
+- ``ragged_attention``: keys in a contiguous tensor (a ring shard), passed as views (no copy).
+  A staircase that climbs one key per row (equal stripes: LoongServe's ``t % k``) is the
+  keys all its rows see plus one causal square: two kernel calls, the kernel's own causal
+  skipping. Any other staircase (weighted stripes) goes by tiles of ``Q_TILE`` rows: the keys
+  every row of the tile sees unmasked, the band where the staircase climbs with a mask.
+- ``paged_attention``: keys in the paged cache. Segments of at most ``FEW_ROWS`` rows
+  (decodes, served decode queries) are computed with matmuls on strided views of the cache
+  blocks themselves (a run of consecutive block ids is read in place; scattered blocks are
+  gathered ``DECODE_TILE_TOKENS`` keys at a time); longer segments gather ``KEY_TILE`` keys at
+  a time for the kernel. Partial results are merged by LSE (online softmax).
 
 GQA goes to the kernel as it is (it reads KV head ``h // (Hq / Hkv)``, vLLM's grouping): no
 K/V copy per query head. Inputs keep the model's dtype; the kernel accumulates in float32,
@@ -20,6 +23,7 @@ and so do the merges.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from vllm_esp.ops.keys import KeySegments, Segment
@@ -30,7 +34,8 @@ __all__ = ["ragged_attention", "paged_attention", "Q_TILE", "KEY_TILE", "DECODE_
 
 Q_TILE = 512  # query rows per kernel call on a contiguous source
 KEY_TILE = 2048  # keys gathered from the paged cache at once for one request
-DECODE_TILE_TOKENS = 4096  # keys gathered at once over all one-row (decode) segments
+DECODE_TILE_TOKENS = 4096  # keys read at once by the few-row path
+FEW_ROWS = 8  # segments with at most this many rows take the matmul path
 
 
 def workspace_bytes(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
@@ -43,14 +48,16 @@ def workspace_bytes(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype_by
 
 
 def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-           mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           mask: torch.Tensor | None = None, causal: bool = False
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """``q [n, Hq, D]`` over ``k, v [m, Hkv, D]`` (views with a contiguous last dim), with an
     optional additive ``mask [n, m]``. Returns ``(out [n, Hq, D] float32, lse [Hq, n])``.
-    (The kernel silently misreads inputs whose last dim is strided: those are copied.)"""
+    ``causal``: top-left causal (pass square blocks only). (The kernel silently misreads
+    inputs whose last dim is strided: those are copied.)"""
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
-        v.transpose(0, 1).unsqueeze(0), 0.0, False, attn_mask=mask, scale=scale)[:2]
+        v.transpose(0, 1).unsqueeze(0), 0.0, causal, attn_mask=mask, scale=scale)[:2]
     return o[0].transpose(0, 1).float(), lse[0].float()
 
 
@@ -82,8 +89,33 @@ def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segs: Ke
     return out, lse
 
 
+def _diagonal(s: Segment) -> tuple[int, int] | None:
+    """``(z, c)`` when rows ``z..n`` see ``c, c+1, ...`` keys (one more per row, c >= 1) and
+    the rows before ``z`` none; None for any other staircase."""
+    key = "diagonal"
+    if key not in s._tiles:
+        lim, found = s.limits, None
+        z = int(np.searchsorted(lim, 0, side="right"))
+        if z < len(lim) and bool((np.diff(lim[z:]) == 1).all()):
+            found = (z, int(lim[z]))
+        s._tiles[key] = found
+    return s._tiles[key]
+
+
 def _ragged_segment(q, k, v, s: Segment, scale, out, lse) -> None:
     base, k0 = s.q_start, s.k_start
+    diag = _diagonal(s)
+    if diag is not None:
+        z, c = diag
+        a, b = base + z, s.q_end
+        sq = slice(k0 + c - 1, k0 + c - 1 + b - a)
+        o, l = _flash(q[a:b], k[sq], v[sq], scale, causal=True)
+        if c > 1:  # keys every row sees, then the causal square
+            out[a:b], lse[:, a:b] = _flash(q[a:b], k[k0:k0 + c - 1], v[k0:k0 + c - 1], scale)
+            _accumulate(out, lse, a, b, o, l)
+        else:
+            out[a:b], lse[:, a:b] = o, l
+        return
     for qa, qb, lo, rb, hi in s.query_tiles(Q_TILE):
         a, b = base + qa, base + qb
         if lo:
@@ -99,11 +131,13 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, layout, segs: KeySe
     """Attention of each segment's rows of ``q [T, Hq, D]`` over its blocks of the paged
     ``kv_cache`` (read through ``layout``, an ``ops.kv_cache`` layout)."""
     out, lse = _empty(q, q.shape[0])
-    decodes = [i for i, s in enumerate(segs) if s.num_rows == 1 and s.num_keys]
-    if decodes:
-        _paged_decodes(q, kv_cache, layout, segs, decodes, scale, out, lse)
+    views = layout.block_views(kv_cache)
     for i, s in enumerate(segs):
-        if s.num_rows > 1:
+        if not s.num_keys or not s.num_rows:
+            continue
+        if s.num_rows <= FEW_ROWS and views is not None:
+            _few_rows(q, views, s, scale, out, lse)
+        else:
             _paged_segment(q, kv_cache, layout, segs.block_ids(i), s, scale, out, lse)
     return out, lse
 
@@ -124,36 +158,66 @@ def _paged_segment(q, kv_cache, layout, blocks: torch.Tensor, s: Segment, scale,
             _accumulate(out, lse, base + r0, base + r1, o, l)
 
 
-def _paged_decodes(q, kv_cache, layout, segs: KeySegments, which: list[int], scale, out,
-                   lse) -> None:
-    """One query row per segment, batched: blocks ``[b0, b1)`` of every request still long
-    enough, gathered together, attended with one einsum (GQA as a view), merged online."""
-    bs = layout.block_size
-    rows = torch.tensor([segs.segments[i].q_start for i in which], device=q.device)
-    lens = [segs.segments[i].num_keys for i in which]
-    table = segs.block_table()[which].long()
-    lens_t = torch.tensor(lens, device=q.device)
-    most = -(-max(lens) // bs)
-    step = max(1, DECODE_TILE_TOKENS // (bs * len(which)))
-    hq, d = q.shape[1], q.shape[2]
-    qd = q[rows].float()  # [R, Hq, D]
-    acc, acc_lse = _empty(q, len(which))
-    for b0 in range(0, most, step):
-        b1 = min(b0 + step, most)
-        live = [j for j, n in enumerate(lens) if n > b0 * bs]
-        idx = torch.tensor(live, device=q.device)
-        k, v = layout.gather_blocks(kv_cache, table[idx, b0:b1])  # [A, nb, Hkv, bs, D]
-        a, nb, hkv = k.shape[0], k.shape[1], k.shape[2]
-        qg = qd[idx].view(a, hkv, hq // hkv, d)
-        s = torch.einsum("ahgd,anhtd->ahgnt", qg, k.float()).reshape(a, hkv, -1, nb * bs)
-        tok = b0 * bs + torch.arange(nb * bs, device=q.device)
-        s = s.mul_(scale).masked_fill_(
-            (tok.unsqueeze(0) >= lens_t[idx].unsqueeze(1)).view(a, 1, 1, -1), float("-inf"))
-        m = s.amax(dim=-1, keepdim=True)  # every live row sees >= 1 key of this tile
-        p = torch.exp(s - m)
-        den = p.sum(dim=-1)
-        o = torch.einsum("ahgnt,anhtd->ahgd", p.view(a, hkv, -1, nb, bs), v.float())
-        o = (o / den.unsqueeze(-1)).reshape(a, hq, d)
-        l = (m.squeeze(-1) + torch.log(den)).reshape(a, hq).transpose(0, 1)
-        acc[idx], acc_lse[:, idx] = merge_two(acc[idx], acc_lse[:, idx], o, l)
-    out[rows], lse[:, rows] = acc, acc_lse
+MIN_RUN = 4  # consecutive blocks read in place; shorter runs are gathered together
+
+
+def _block_runs(ids: list[int], most: int) -> list[tuple[list[int], slice | None]]:
+    """Pieces of at most ``most`` of a segment's blocks: ``(block indices in the segment,
+    slice of the cache)`` for a run of consecutive ids (read in place), or ``(indices, None)``
+    for scattered blocks gathered together. Any order: the softmax is merged online."""
+    pieces, loose, a = [], [], 0
+    while a < len(ids):
+        b = a + 1
+        while b < len(ids) and b - a < most and ids[b] == ids[b - 1] + 1:
+            b += 1
+        if b - a >= MIN_RUN or b - a == len(ids):
+            pieces.append((list(range(a, b)), slice(ids[a], ids[b - 1] + 1)))
+        else:
+            loose.extend(range(a, b))
+            if len(loose) >= most:
+                pieces.append((loose[:most], None))
+                loose = loose[most:]
+        a = b
+    if loose:
+        pieces.append((loose, None))
+    return pieces
+
+
+def _few_rows(q, views, s: Segment, scale, out, lse) -> None:
+    """A few rows over their blocks: ``q @ K^T`` per block on views of the cache itself, an
+    online softmax over the pieces, ``p @ V`` per block. No copy of K/V when the block ids
+    run consecutively."""
+    k_all, v_all = views  # [num_blocks, Hkv, bs, D]
+    n, hq, d = s.num_rows, q.shape[1], q.shape[2]
+    hkv, bs = k_all.shape[1], k_all.shape[2]
+    g = hq // hkv
+    ids = s.block_ids[: -(-s.num_keys // bs)]
+    qg = q[s.q_start:s.q_end].float().view(n, hkv, g, d).permute(1, 2, 0, 3).reshape(hkv, g * n, d)
+    lim = torch.from_numpy(np.tile(s.limits, g)).view(1, 1, g * n, 1)  # row j*n+i: row i
+    m = torch.full((hkv, g * n), float("-inf"))
+    den = torch.zeros(hkv, g * n)
+    acc = torch.zeros(hkv, g * n, d)
+    for which, sl in _block_runs(ids, max(1, DECODE_TILE_TOKENS // bs)):
+        if sl is not None:
+            kt, vt = k_all[sl], v_all[sl]
+        else:
+            idx = torch.tensor([ids[j] for j in which])
+            kt, vt = k_all[idx], v_all[idx]
+        sc = torch.matmul(qg.unsqueeze(0), kt.float().transpose(-1, -2)).mul_(scale)
+        first = torch.tensor(which).view(-1, 1, 1, 1) * bs
+        tok = first + torch.arange(bs).view(1, 1, 1, bs)
+        sc.masked_fill_(tok >= lim, float("-inf"))  # [nb, Hkv, g*n, bs]
+        m_new = torch.maximum(m, sc.amax(dim=(0, 3)))
+        m_safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+        alpha = torch.exp(m - m_safe)
+        p = torch.exp(sc - m_safe.view(1, hkv, g * n, 1))
+        den = den * alpha + p.sum(dim=(0, 3))
+        acc = acc * alpha.unsqueeze(-1) + torch.matmul(p, vt.float()).sum(dim=0)
+        m = m_new
+    has = den > 0
+    o = acc / torch.where(has, den, torch.ones_like(den)).unsqueeze(-1)
+    l = torch.where(has, m + torch.log(torch.where(has, den, torch.ones_like(den))),
+                    torch.full_like(m, float("-inf")))
+    rows = slice(s.q_start, s.q_end)
+    out[rows] = o.view(hkv, g, n, d).permute(2, 0, 1, 3).reshape(n, hq, d)
+    lse[:, rows] = l.view(hq, n)

@@ -49,6 +49,12 @@ class _PagedKV:
         k, v = self.gather_blocks(kv_cache, block_ids)
         return _token_major(k), _token_major(v)
 
+    def block_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """K and V of every block as strided views ``[num_blocks, Hkv, block_size, D]`` of the
+        cache itself (no copy: kernels read blocks in place), or None if the layout has no
+        such view."""
+        return None
+
 
 class CpuPagedKV(_PagedKV):
     """vLLM CPU_ATTN layout. ``isa`` defaults to what vLLM's backend picks for this shape."""
@@ -88,23 +94,32 @@ class CpuPagedKV(_PagedKV):
         ``[D, bs]`` and V ``[bs, D]`` — this is a strided view plus one block gather; other
         ISAs fall back to an element gather through the probed index map.
         """
+        views = self.block_views(kv_cache)
+        if views is not None:
+            return views[0][block_ids.long()], views[1][block_ids.long()]
         nb, h, bs, d2 = kv_cache.shape
         d = self.head_dim
         slabs = kv_cache.view(nb, h, bs * d2)
-        aff = _affine_maps(self.isa, bs, d, self.dtype)
-        if aff is not None:
-            base = slabs.stride(1)
-            views = [torch.as_strided(slabs, (nb, h, bs, d),
-                                      (slabs.stride(0), base, st, sd),
-                                      slabs.storage_offset() + off)
-                     for off, st, sd in aff]
-            return views[0][block_ids.long()], views[1][block_ids.long()]
         k_idx, v_idx = _probe_cpu_layout(self.isa, bs, d, self.dtype)
         sel = slabs[block_ids.long()]  # [..., n, H, bs*2D]
         lead = sel.shape[:-1]
         k = sel[..., k_idx.view(-1)].view(*lead, bs, d)
         v = sel[..., v_idx.view(-1)].view(*lead, bs, d)
         return k, v
+
+    def block_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Strided views ``[num_blocks, Hkv, block_size, D]`` of K and V when the probed
+        in-slab order is affine in (token, dim), as for ``vec`` (K ``[D, bs]``, V ``[bs, D]``)."""
+        nb, h, bs, d2 = kv_cache.shape
+        aff = _affine_maps(self.isa, bs, self.head_dim, self.dtype)
+        if aff is None:
+            return None
+        slabs = kv_cache.view(nb, h, bs * d2)
+        return tuple(torch.as_strided(slabs, (nb, h, bs, self.head_dim),
+                                      (slabs.stride(0), slabs.stride(1), st, sd),
+                                      slabs.storage_offset() + off)
+                     for off, st, sd in aff)
+
 
 def _token_major(x: torch.Tensor) -> torch.Tensor:
     """``[..., n, H, bs, D]`` -> ``[..., n * bs, H, D]``."""
@@ -201,6 +216,10 @@ class _DevicePagedKV(_PagedKV):
         kc, vc = self._split(kv_cache)
         return (kc[block_ids.long()].transpose(-3, -2),  # from [..., n, bs, H, D]
                 vc[block_ids.long()].transpose(-3, -2))
+
+    def block_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kc, vc = self._split(kv_cache)
+        return kc.transpose(1, 2), vc.transpose(1, 2)
 
 
 class NhdPagedKV(_DevicePagedKV):

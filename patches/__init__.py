@@ -24,6 +24,10 @@ PATCH_MODULES = (
     "vllm_esp_patches.cli_args",
     # ESP pools KV over instances: max_model_len may exceed one instance's pool.
     "vllm_esp_patches.pooled_capacity",
+    # Worker log prefixes and process titles name their ESP instance (Worker_ESP1).
+    "vllm_esp_patches.worker_names",
+    # VLLM_ESP_* variables: vLLM warns about VLLM_* names it does not know.
+    "vllm_esp_patches.env_vars",
 )
 
 # Applied only when their feature is used (they import optional packages), by that feature.

@@ -17,5 +17,5 @@ def test_demo_runs_end_to_end_and_spreads_a_request():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "server stopped cleanly" in out.stdout
     assert "spread over 2 instances:" in out.stdout
-    assert 'vllm_esp:num_parallel_prefills{engine="0",model_name="tiny"} 1.0' in out.stdout
-    assert 'vllm_esp:num_ring_prefills{engine="0",model_name="tiny"} 1.0' in out.stdout
+    assert 'vllm_esp:num_parallel_prefills_total{engine="0",model_name="tiny"} 1.0' in out.stdout
+    assert 'vllm_esp:num_ring_prefills_total{engine="0",model_name="tiny"} 1.0' in out.stdout

@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"spread over {args.instances} instances: {spread['choices'][0]['text']!r}")
         server.post("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1})
         for line in server.get("/metrics").splitlines():  # (stats lag the tokens by a step)
-            if re.match(r"vllm_esp:(kv_cache_total_blocks|num_requests_dispatched|"
-                        r"num_spanning_requests|num_parallel_prefills|num_ring_prefills|"
-                        r"esp_bytes_sent)\{", line):
+            if re.match(r"vllm_esp:(kv_cache_total_blocks|num_requests_dispatched_total|"
+                        r"num_spanning_requests_total|num_parallel_prefills_total|"
+                        r"num_ring_prefills_total|esp_bytes_sent_total)\{", line):
                 print(f"metric: {line}")
     finally:
         leftovers = server.stop()

@@ -228,3 +228,37 @@ def test_pooled_capacity_counts_every_instance_pool_only_when_set():
         pooled_capacity.set_pool_count(1)
     with pytest.raises(ValueError, match="max seq len"):
         check(200, need, 3072, lambda am: 0)
+
+
+def test_worker_names_carry_the_esp_instance(monkeypatch):
+    import vllm.logger
+    from vllm.v1.executor import multiproc_executor
+
+    from vllm_esp_patches.worker_names import ENV, with_instance
+
+    vllm_esp_patches.apply_all()
+    assert with_instance("Worker", "1") == "Worker_ESP1"
+    assert with_instance("Worker_TP1", "0") == "Worker_ESP0_TP1"
+    assert with_instance("VllmWorker-0", "1") == "VllmWorker_ESP1-0"
+    assert with_instance("Worker_ESP1", "1") == "Worker_ESP1"  # once only
+    assert with_instance("EngineCore", "1") == "EngineCore"
+    monkeypatch.delenv(ENV, raising=False)
+    assert with_instance("Worker") == "Worker"  # not an ESP instance: vLLM's names
+    assert type(multiproc_executor.get_mp_context()).__name__ != "_NamingContext"
+    # what vLLM's worker code calls (module-level names) inserts the instance from the env
+    monkeypatch.setenv(ENV, "2")
+    assert type(multiproc_executor.get_mp_context()).__name__ == "_NamingContext"
+    before = vllm.logger._vllm_process_info
+    try:
+        multiproc_executor.decorate_logs("Worker_TP1")
+        assert vllm.logger._vllm_process_info[0] == "Worker_ESP2_TP1"
+    finally:
+        vllm.logger._vllm_process_info = before
+
+
+def test_esp_environment_variables_are_known_to_vllm():
+    import vllm.envs
+
+    vllm_esp_patches.apply_all()
+    for name in ("VLLM_ESP_DEBUG_PLAN", "VLLM_ESP_CPU_OVERSUBSCRIBE", "VLLM_ESP_INSTANCE"):
+        assert name in vllm.envs.environment_variables

@@ -81,7 +81,7 @@ class ESPExecutor(Executor):
         except BaseException:
             self.shutdown()
             raise
-        logger.info("ESP executor ready: %d instance(s) x TP %d", self.esp.instances, self.esp.tp)
+        logger.info("ESP executor ready: %s", _describe_instances(self.esp))
 
     def _start_instance(self, index: int, bind: str | None) -> MultiprocExecutor:
         config = copy.deepcopy(self.vllm_config)
@@ -99,7 +99,9 @@ class ESPExecutor(Executor):
             if index == 0:
                 logger.info("KV cache per CPU worker defaults to %.1f GiB "
                             "(set VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes)", gib)
-        env = {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env}
+        env = {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env,
+               # names the workers in log prefixes (vllm_esp_patches.worker_names)
+               "VLLM_ESP_INSTANCE": str(index) if self.esp.instances > 1 else None}
         with contextlib.ExitStack() as stack:
             for key, value in env.items():
                 stack.enter_context(_env(key, value))
@@ -251,6 +253,14 @@ class ESPExecutor(Executor):
     @classmethod
     def supports_async_scheduling(cls) -> bool:
         return False
+
+
+def _describe_instances(esp: ESPConfig) -> str:
+    """"2 instances x TP 1 (2 workers)"; one instance is said to be one (the default)."""
+    if esp.instances == 1:
+        return (f"1 instance x TP {esp.tp} (--executor esp without --esp-instances N runs "
+                "one instance: no request spans instances)")
+    return f"{esp.instances} instances x TP {esp.tp} ({esp.num_workers} workers)"
 
 
 def _in_parallel(calls: list[Callable[[], Any]], swallow: bool = False) -> None:

@@ -115,16 +115,35 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def check_worker_limit(updates: dict[str, Any]) -> None:
-    """Refuse, before anything starts, more ESP workers than this machine can hold."""
-    raw = (updates.get("additional_config") or {}).get("esp")
-    if raw is None:
+def check_engine_fields(fields: dict[str, Any]) -> None:
+    """ValueError (one line) for ESP options in EngineArgs fields that cannot start.
+
+    ``fields`` are the values ``vllm serve`` parsed, after :func:`apply` folded the
+    ``--esp-*`` flags in. The ``esp`` section of ``additional_config`` is checked whichever
+    way it came (flags or ``--additional-config`` JSON), and with the ESP executor (named
+    "esp" or by its dotted path) also what the executor would refuse in the engine process:
+    its tensor-parallel size, pipeline parallelism and more workers than this machine holds.
+    """
+    raw = (fields.get("additional_config") or {}).get("esp")
+    backend = _qualname(fields.get("distributed_executor_backend"))
+    uses_esp = backend in ("esp", EXECUTOR_QUALNAME)
+    if raw is None and not uses_esp:
         return
+    cfg = ESPConfig.from_dict(raw)
+    if not uses_esp:
+        return
+    tp = fields.get("tensor_parallel_size") or 1
+    if cfg.tp != tp:
+        raise ValueError(f"ESP tp={cfg.tp} (additional_config esp.tp) disagrees with "
+                         f"--tensor-parallel-size {tp}; set both to the same value")
+    if (fields.get("pipeline_parallel_size") or 1) > 1:
+        raise ValueError("--executor esp does not support pipeline parallelism "
+                         "(--pipeline-parallel-size > 1)")
     from vllm.platforms import current_platform
 
-    from vllm_esp.config import check_worker_limit as check
+    from vllm_esp.config import check_worker_limit
 
-    check(ESPConfig.from_dict(raw), on_cpu=current_platform.is_cpu())
+    check_worker_limit(cfg, on_cpu=current_platform.is_cpu())
 
 
 def add_argument_group(parser: argparse.ArgumentParser) -> bool:

@@ -146,7 +146,9 @@ def test_cumulative_esp_metrics_are_counters_and_levels_are_gauges(servers):
     _complete(srv, PROMPTS[0])
     _complete(srv, PROMPTS[1])  # stats reach /metrics a step after the tokens
     text = srv.get("/metrics")
-    types = dict(re.findall(r"^# TYPE (vllm_esp:\S+) (\w+)$", text, re.M))
+    # (prometheus_client writes a counter's TYPE line with or without _total, by version)
+    types = {re.sub(r"_total$", "", name): kind
+             for name, kind in re.findall(r"^# TYPE (vllm\S*:\S+) (\w+)$", text, re.M)}
     for name in ("num_preemptions", "num_requests_dispatched", "esp_bytes_sent",
                  "num_spanning_requests", "num_scale_up", "num_merge", "num_master_moves",
                  "num_scale_down", "num_parallel_prefills", "num_ring_prefills",
@@ -224,12 +226,19 @@ def test_too_long_prompt_is_rejected_and_server_keeps_serving(servers):
     (["--executor", "esp", "--esp-instances", "64"], "exceed this machine's limit"),
     (["--executor", "esp", "--esp-instances", "2", "--esp-profile", "/nonexistent.json"],
      "neither a file nor a built-in profile"),
+    # the ESP options as vLLM's own --additional-config JSON: checked as early
+    (["--distributed-executor-backend", "esp", "--additional-config",
+      '{"esp": {"instances": 64}}'], "exceed this machine's limit"),
 ])
 def test_bad_esp_options_fail_at_start_with_a_reason(tiny_models, argv, message):
     proc = subprocess.run([*vllm_command(), "serve", tiny_models["llama"], *COMMON, *argv],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
+    # one usage line from the parser, before any engine process started
+    assert "Engine core initialization failed" not in proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vllm serve: error:") and message in last, proc.stderr[-2000:]
 
 
 def test_plain_qualname_route_without_any_plugin(servers, tiny_models):

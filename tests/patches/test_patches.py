@@ -142,6 +142,16 @@ def test_cli_stock_executor_names_pass_through():
     (["--executor", "mp", "--esp-instances", "2"], "use --executor esp"),
     (["--executor", "esp", "--pipeline-parallel-size", "2"], "pipeline parallelism"),
     (["--executor", "esp", "--esp-tp", "2", "--tensor-parallel-size", "4"], "disagrees"),
+    # the same options given as --additional-config JSON are checked as early
+    (["--distributed-executor-backend", "esp", "--additional-config",
+      '{"esp": {"instances": 64}}'], "exceed this machine's limit"),
+    (["--executor", "esp", "--additional-config", '{"esp": {"instances": 64}}'],
+     "exceed this machine's limit"),
+    (["--distributed-executor-backend", "vllm_esp.integration.executor.ESPExecutor",
+      "--additional-config", '{"esp": {"instances": 0}}'], "positive integer"),
+    (["--distributed-executor-backend", "esp", "--tensor-parallel-size", "2",
+      "--additional-config", '{"esp": {"instances": 1}}'], "disagrees"),
+    (["--additional-config", '{"esp": {"instancs": 2}}'], "unknown ESP option"),
 ])
 def test_cli_bad_combinations_fail_with_a_reason(argv, message, capsys):
     # as `vllm serve` does it: a usage error while parsing, exit code 2, one line

@@ -51,8 +51,7 @@ class ESPExecutor(Executor):
         from vllm_esp.plugin import ensure_registered
 
         ensure_registered()  # version guard + patches, also on the plain qualname route
-        self.esp = ESPConfig.from_vllm_config(vllm_config)
-        _validate(vllm_config, self.esp)
+        self.esp = check_config(vllm_config)
         sched = vllm_config.scheduler_config
         if sched.scheduler_cls in (None, "vllm.v1.core.sched.scheduler.Scheduler"):
             # EngineCore builds the scheduler after the executor: make the default ours.
@@ -347,6 +346,15 @@ def _on_cpu() -> bool:
 
 
 SWAP_CONNECTOR = "SwapConnector"  # vllm_esp.scheduling.swap_connector: one per instance
+
+
+def check_config(vllm_config) -> ESPConfig:
+    """The ESP options of ``vllm_config``, or ValueError with a one-line reason (with the
+    plugin loaded, ``vllm_esp.options.check_engine_fields`` refused most of these already,
+    in the user's process)."""
+    esp = ESPConfig.from_vllm_config(vllm_config)
+    _validate(vllm_config, esp)
+    return esp
 
 
 def _validate(vllm_config, esp: ESPConfig) -> None:

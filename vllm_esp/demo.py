@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,9 +25,12 @@ def run(args: argparse.Namespace) -> int:
     serve_args = ["--executor", "esp", "--esp-instances", str(args.instances),
                   "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
                   "--served-model-name", "tiny"]
-    server = VLLMServer(model, serve_args, port=args.port, log_path=args.log)
+    # INFO: the start-up progress below is read from the server's own log lines
+    server = VLLMServer(model, serve_args, port=args.port, log_path=args.log,
+                        env={"VLLM_LOGGING_LEVEL": "INFO"})
     print(f"starting: vllm serve {model} {' '.join(serve_args)}  (log: {server.log_path})")
-    server.start()
+    print("  (the first start takes a minute or two on a small CPU machine)", flush=True)
+    server.start(on_log_line=StartupProgress())
     try:
         status, completion = server.post("/v1/completions", {
             "model": "tiny", "prompt": "Elastic sequence parallelism is", "max_tokens": 16,
@@ -54,19 +58,64 @@ def run(args: argparse.Namespace) -> int:
                         r"num_ring_prefills_total|esp_bytes_sent_total)\{", line):
                 print(f"metric: {line}")
     finally:
+        print("stopping the server", flush=True)
         leftovers = server.stop()
     if leftovers:
         print(f"server left {len(leftovers)} processes behind (killed)", file=sys.stderr)
+        return 1
+    forced = forced_shutdown_lines(server.log_path)
+    if forced:
+        print("server stopped, but vLLM had to force its workers to stop: "
+              f"{forced[-1]} (log: {server.log_path})", file=sys.stderr)
         return 1
     print("server stopped cleanly")
     return 0
 
 
+# (pattern in a server log line, what the demo prints); {0}: the pattern's first group
+_MILESTONES = [
+    (r"Initializing a V1 LLM engine", "engine process started"),
+    (r"\((?:Vllm)?Worker_ESP(\d+)\b.*Loading weights took", "instance {0}: model loaded"),
+    (r"\((?:Vllm)?Worker\b.*Loading weights took", "instance 0: model loaded"),
+    (r"ESP executor ready: (.*)", "ESP executor ready: {0}"),
+    (r"(ESP KV pool: .*)", "{0}"),
+    (r"Starting vLLM server on", "API server listening"),
+]
+
+
+class StartupProgress:
+    """Prints the start-up milestones found in the server's log lines, with elapsed time."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        for pattern, text in _MILESTONES:
+            m = re.search(pattern, line)
+            if m:
+                print(f"  [{time.monotonic() - self.start:5.1f} s] "
+                      f"{text.format(*m.groups())}", flush=True)
+                return
+
+
+def forced_shutdown_lines(log_path) -> list[str]:
+    """vLLM's warnings that it had to SIGTERM / SIGKILL worker processes at shutdown."""
+    try:
+        text = open(log_path, errors="replace").read()
+    except OSError:
+        return []
+    return [line.split("] ", 1)[-1].strip() for line in text.splitlines()
+            if "[shutdown]" in line and re.search(r"sending SIG(TERM|KILL)", line)]
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("demo", help="serve a tiny local model with --executor esp and query it")
-    p.add_argument("--instances", type=int, default=2)
-    p.add_argument("--port", type=int, default=None)
+    from vllm_esp.cli import HelpFormatter
+
+    p = subparsers.add_parser("demo", help="serve a tiny local model with --executor esp and query it",
+                              description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--instances", type=int, default=2, help="--esp-instances of the server")
+    p.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
     p.add_argument("--model", default=None, help="model path (default: a tiny random Llama)")
-    p.add_argument("--log", default=None, help="server log file")
+    p.add_argument("--log", default=None, help="server log file (default: /tmp/vllm-serve-PORT.log)")
     p.set_defaults(func=run)
     return p

@@ -24,6 +24,7 @@ from vllm_esp.config import (
 )
 
 STOCK_SCHEDULER = "vllm.v1.core.sched.scheduler.Scheduler"
+SWAP_CONNECTOR = "SwapConnector"  # the one KV connector ESP runs (one per instance)
 
 # user-facing option name -> ESPConfig field
 ESP_OPTIONS = {
@@ -63,7 +64,7 @@ def apply(
             return {"scheduler_cls": LENGTH_AWARE_SCHEDULER, "additional_config": cfg}
         if esp:
             flags = ", ".join(f"--esp-{k.replace('_', '-')}" for k in esp)
-            raise ValueError(f"{flags} need --executor esp")
+            raise ValueError(f"{flags} {'needs' if len(esp) == 1 else 'need'} --executor esp")
         return {}
     if executor not in EXECUTOR_CHOICES:
         raise ValueError(f"--executor must be one of {', '.join(EXECUTOR_CHOICES)}, got {executor!r}")
@@ -122,7 +123,8 @@ def check_engine_fields(fields: dict[str, Any]) -> None:
     ``--esp-*`` flags in. The ``esp`` section of ``additional_config`` is checked whichever
     way it came (flags or ``--additional-config`` JSON), and with the ESP executor (named
     "esp" or by its dotted path) also what the executor would refuse in the engine process:
-    its tensor-parallel size, pipeline parallelism and more workers than this machine holds.
+    its tensor-parallel size, pipeline or data parallelism, speculative decoding, a KV
+    connector other than the swap connector and more workers than this machine holds.
     """
     raw = (fields.get("additional_config") or {}).get("esp")
     backend = _qualname(fields.get("distributed_executor_backend"))
@@ -139,6 +141,16 @@ def check_engine_fields(fields: dict[str, Any]) -> None:
     if (fields.get("pipeline_parallel_size") or 1) > 1:
         raise ValueError("--executor esp does not support pipeline parallelism "
                          "(--pipeline-parallel-size > 1)")
+    if (fields.get("data_parallel_size") or 1) > 1:
+        raise ValueError("--executor esp replaces data parallelism; use --esp-instances instead")
+    if fields.get("speculative_config"):
+        raise ValueError("--executor esp does not support speculative decoding yet")
+    kvt = fields.get("kv_transfer_config")
+    connector = kvt.get("kv_connector") if isinstance(kvt, dict) else \
+        getattr(kvt, "kv_connector", None)
+    if connector not in (None, SWAP_CONNECTOR):
+        raise ValueError(f"--executor esp supports only the {SWAP_CONNECTOR} KV connector "
+                         f"(per-instance swap to host memory), got {connector}")
     from vllm.platforms import current_platform
 
     from vllm_esp.config import check_worker_limit
@@ -158,10 +170,12 @@ def add_argument_group(parser: argparse.ArgumentParser) -> bool:
         choices=EXECUTOR_CHOICES,
         default=None,
         help="Executor: esp (elastic sequence parallelism over --esp-instances model "
-        "instances) or one of vLLM's own (mp, uni, ray).",
+        "instances; without --esp-instances it runs one instance) or one of vLLM's own "
+        "(mp, uni, ray).",
     )
     group.add_argument("--esp-instances", type=_positive_int, default=None,
-                       help="Number of model instances (replicas), each with its own KV cache.")
+                       help="Number of model instances (replicas), each with its own KV cache "
+                       "(default with --executor esp: 1).")
     group.add_argument("--esp-tp", type=_positive_int, default=None,
                        help="Tensor-parallel workers per instance (= --tensor-parallel-size).")
     group.add_argument("--esp-policy", choices=POLICY_CHOICES, default=None,

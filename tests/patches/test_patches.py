@@ -129,6 +129,13 @@ def test_cli_admission_flag(capsys):
     assert "needs a cost profile" in capsys.readouterr().err
 
 
+def test_cli_help_says_executor_esp_alone_runs_one_instance(capsys):
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--help=ESP"])  # vLLM shows one group per --help=
+    text = " ".join(capsys.readouterr().out.split())
+    assert "instances it runs one instance" in text  # (argparse may wrap at a hyphen)
+
+
 def test_cli_stock_executor_names_pass_through():
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -138,7 +145,8 @@ def test_cli_stock_executor_names_pass_through():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--esp-instances", "2"], "need --executor esp"),
+    (["--esp-instances", "2"], "--esp-instances needs --executor esp"),
+    (["--esp-instances", "2", "--esp-tp", "1"], "--esp-instances, --esp-tp need --executor esp"),
     (["--executor", "mp", "--esp-instances", "2"], "use --executor esp"),
     (["--executor", "esp", "--pipeline-parallel-size", "2"], "pipeline parallelism"),
     (["--executor", "esp", "--esp-tp", "2", "--tensor-parallel-size", "4"], "disagrees"),
@@ -152,6 +160,11 @@ def test_cli_stock_executor_names_pass_through():
     (["--distributed-executor-backend", "esp", "--tensor-parallel-size", "2",
       "--additional-config", '{"esp": {"instances": 1}}'], "disagrees"),
     (["--additional-config", '{"esp": {"instancs": 2}}'], "unknown ESP option"),
+    (["--executor", "esp", "--speculative-config",
+      '{"method": "ngram", "num_speculative_tokens": 2}'], "speculative decoding"),
+    (["--executor", "esp", "--kv-transfer-config",
+      '{"kv_connector": "ExampleConnector", "kv_role": "kv_both"}'], "only the SwapConnector"),
+    (["--executor", "esp", "--data-parallel-size", "2"], "use --esp-instances instead"),
 ])
 def test_cli_bad_combinations_fail_with_a_reason(argv, message, capsys):
     # as `vllm serve` does it: a usage error while parsing, exit code 2, one line

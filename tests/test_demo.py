@@ -16,6 +16,26 @@ def test_demo_runs_end_to_end_and_spreads_a_request():
     out = subprocess.run(cmd + ["demo"], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "server stopped cleanly" in out.stdout
+    # start-up progress instead of a silent minute
+    for milestone in ("engine process started", "instance 0: model loaded",
+                      "instance 1: model loaded", "ESP executor ready: 2 instances",
+                      "ESP KV pool: 2 instances", "API server listening"):
+        assert milestone in out.stdout, milestone
     assert "spread over 2 instances:" in out.stdout
     assert 'vllm_esp:num_parallel_prefills_total{engine="0",model_name="tiny"} 1.0' in out.stdout
     assert 'vllm_esp:num_ring_prefills_total{engine="0",model_name="tiny"} 1.0' in out.stdout
+
+
+def test_demo_reports_workers_vllm_had_to_kill(tmp_path):
+    from vllm_esp.demo import forced_shutdown_lines
+
+    log = tmp_path / "serve.log"
+    log.write_text(
+        "(EngineCore pid=1) INFO 12-06 04:48:15 [multiproc_executor.py:480] [shutdown] "
+        "Executor: waiting for worker exit count=1\n"
+        "(EngineCore pid=1) WARNING 12-06 04:48:20 [multiproc_executor.py:490] [shutdown] "
+        "Executor: workers still running after grace period; sending SIGTERM count=1\n")
+    assert forced_shutdown_lines(log) == [
+        "[shutdown] Executor: workers still running after grace period; sending SIGTERM count=1"]
+    log.write_text("(EngineCore pid=1) INFO [shutdown] Executor: all workers exited gracefully\n")
+    assert forced_shutdown_lines(log) == []

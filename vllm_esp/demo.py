@@ -99,13 +99,14 @@ class StartupProgress:
 
 
 def forced_shutdown_lines(log_path) -> list[str]:
-    """vLLM's warnings that it had to SIGTERM / SIGKILL worker processes at shutdown."""
+    """vLLM's warnings that it had to SIGTERM / SIGKILL its processes at shutdown (the
+    executor's workers, or the engine process)."""
     try:
         text = open(log_path, errors="replace").read()
     except OSError:
         return []
     return [line.split("] ", 1)[-1].strip() for line in text.splitlines()
-            if "[shutdown]" in line and re.search(r"sending SIG(TERM|KILL)", line)]
+            if "[shutdown]" in line and re.search(r"sending SIG(TERM|KILL)|force killing", line)]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

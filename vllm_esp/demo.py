@@ -22,9 +22,11 @@ def run(args: argparse.Namespace) -> int:
 
     model = args.model or make_tiny_model()
     print(f"model: {model}")
+    # --shutdown-timeout: on SIGTERM vLLM lets the engine and its workers exit by themselves
+    # (its default 0 kills them at once, which the check below would report)
     serve_args = ["--executor", "esp", "--esp-instances", str(args.instances),
                   "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
-                  "--served-model-name", "tiny"]
+                  "--served-model-name", "tiny", "--shutdown-timeout", "30"]
     # INFO: the start-up progress below is read from the server's own log lines
     server = VLLMServer(model, serve_args, port=args.port, log_path=args.log,
                         env={"VLLM_LOGGING_LEVEL": "INFO"})
@@ -63,12 +65,18 @@ def run(args: argparse.Namespace) -> int:
     if leftovers:
         print(f"server left {len(leftovers)} processes behind (killed)", file=sys.stderr)
         return 1
-    forced = forced_shutdown_lines(server.log_path)
-    if forced:
-        print("server stopped, but vLLM had to force its workers to stop: "
-              f"{forced[-1]} (log: {server.log_path})", file=sys.stderr)
+    terminated, killed = shutdown_signals(server.log_path)
+    if killed:
+        print(f"server stopped, but vLLM force-killed its processes: {killed[-1]} "
+              f"(log: {server.log_path})", file=sys.stderr)
         return 1
-    print("server stopped cleanly")
+    if terminated:
+        print("server stopped: no process left behind, none killed; vLLM sent SIGTERM to "
+              f"{len(terminated)} instance(s) whose workers were still running after its grace "
+              "period (VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS), as it does to stock vLLM's CPU "
+              "workers")
+    else:
+        print("server stopped cleanly: no process left behind, none signalled")
     return 0
 
 
@@ -98,15 +106,18 @@ class StartupProgress:
                 return
 
 
-def forced_shutdown_lines(log_path) -> list[str]:
-    """vLLM's warnings that it had to SIGTERM / SIGKILL its processes at shutdown (the
-    executor's workers, or the engine process)."""
+def shutdown_signals(log_path) -> tuple[list[str], list[str]]:
+    """vLLM's shutdown warnings in the server log: (SIGTERMs sent to workers still running
+    after the grace period, SIGKILLs / force kills of workers or the engine process)."""
     try:
         text = open(log_path, errors="replace").read()
     except OSError:
-        return []
-    return [line.split("] ", 1)[-1].strip() for line in text.splitlines()
-            if "[shutdown]" in line and re.search(r"sending SIG(TERM|KILL)|force killing", line)]
+        return [], []
+    warnings = [line.split("] ", 1)[-1].strip() for line in text.splitlines()
+                if "[shutdown]" in line]
+    killed = [w for w in warnings if re.search(r"sending SIGKILL|force killing", w)]
+    terminated = [w for w in warnings if "sending SIGTERM" in w]
+    return terminated, killed
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -11,9 +11,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # patches/ installs as `vllm_esp_patches` (a top-level "patches" would collide).
-    packages=find_packages(include=["vllm_esp", "vllm_esp.*"]) + ["vllm_esp_patches"],
+    # planner/profiles holds data only (JSON, no __init__.py): listed as a package of its
+    # own, or setuptools warns "Package would be ignored"
+    packages=find_packages(include=["vllm_esp", "vllm_esp.*"])
+    + ["vllm_esp.planner.profiles", "vllm_esp_patches"],
     package_dir={"vllm_esp_patches": "patches"},
-    package_data={"vllm_esp.planner": ["profiles/*.json"]},
+    package_data={"vllm_esp.planner.profiles": ["*.json"]},
     include_package_data=True,
     install_requires=["tqdm", "numpy"],
     extras_require={

@@ -1,6 +1,11 @@
 """Offline generation with ESP: vllm_esp.LLM and stock vllm.LLM, same tokens as stock vLLM.
 
-    python examples/offline_esp.py [MODEL]      # default: a tiny random local model
+Run it with the project's venv (made by ./setup.sh), from the repository root:
+
+    .venv/bin/python examples/offline_esp.py [MODEL]   # default: a tiny random local model
+
+(or `source .venv/bin/activate` first, then `python examples/offline_esp.py`). It starts two
+engines of 2 instances each, one after the other: about a minute on a small CPU machine.
 """
 
 import sys

@@ -22,8 +22,15 @@ PATCH_MODULES = (
     "vllm_esp_patches.scheduler_stats_field",
     # `vllm serve ... --executor esp --esp-instances N`: flags folded into EngineArgs fields.
     "vllm_esp_patches.cli_args",
+    # ESP options given to vllm.LLM / vllm_esp.LLM (also in additional_config) are checked
+    # before the engine config is built: one ValueError, before any process starts.
+    "vllm_esp_patches.early_checks",
     # ESP pools KV over instances: max_model_len may exceed one instance's pool.
     "vllm_esp_patches.pooled_capacity",
+    # Worker log prefixes and process titles name their ESP instance (Worker_ESP1).
+    "vllm_esp_patches.worker_names",
+    # VLLM_ESP_* variables: vLLM warns about VLLM_* names it does not know.
+    "vllm_esp_patches.env_vars",
 )
 
 # Applied only when their feature is used (they import optional packages), by that feature.

@@ -36,7 +36,8 @@ def _install(engine_args_cls) -> None:
 
 
 def _validate_after_parsing(parser) -> None:
-    """Report bad ESP option combinations as an argparse usage error (one line, exit 2).
+    """Report bad ESP options (flags or ``--additional-config '{"esp": ...}'``) as an argparse
+    usage error (one line, exit 2).
 
     ``vllm serve`` parses with a sub-parser, which argparse drives through
     ``parse_known_args``; checking there catches the error before any engine starts.
@@ -49,7 +50,7 @@ def _validate_after_parsing(parser) -> None:
         ns, rest = original(args, namespace)
         try:
             updates = options.apply_from_namespace(ns)
-            options.check_worker_limit(updates)
+            options.check_engine_fields({**vars(ns), **updates})
         except ValueError as e:
             parser.error(str(e))
         return ns, rest

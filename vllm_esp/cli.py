@@ -20,6 +20,16 @@ SUBCOMMANDS = {
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default in ``--help`` (where it has one worth showing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm-esp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

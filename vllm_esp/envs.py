@@ -18,6 +18,8 @@ _ENV: dict[str, Callable[[], Any]] = {
     ),
     # Force the ESP attention backend (ops.dispatch): auto | cpu | flash_attn | triton | reference.
     "VLLM_ESP_OPS_BACKEND": lambda: os.environ.get("VLLM_ESP_OPS_BACKEND") or None,
+    # Set by the ESP executor in each instance's workers (its index); names them in logs.
+    "VLLM_ESP_INSTANCE": lambda: os.environ.get("VLLM_ESP_INSTANCE") or None,
     # Skip the vLLM version guard of patches/ (at your own risk).
     "VLLM_ESP_SKIP_VERSION_CHECK": lambda: os.environ.get("VLLM_ESP_SKIP_VERSION_CHECK", "0")
     == "1",

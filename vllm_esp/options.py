@@ -24,6 +24,7 @@ from vllm_esp.config import (
 )
 
 STOCK_SCHEDULER = "vllm.v1.core.sched.scheduler.Scheduler"
+SWAP_CONNECTOR = "SwapConnector"  # the one KV connector ESP runs (one per instance)
 
 # user-facing option name -> ESPConfig field
 ESP_OPTIONS = {
@@ -63,7 +64,7 @@ def apply(
             return {"scheduler_cls": LENGTH_AWARE_SCHEDULER, "additional_config": cfg}
         if esp:
             flags = ", ".join(f"--esp-{k.replace('_', '-')}" for k in esp)
-            raise ValueError(f"{flags} need --executor esp")
+            raise ValueError(f"{flags} {'needs' if len(esp) == 1 else 'need'} --executor esp")
         return {}
     if executor not in EXECUTOR_CHOICES:
         raise ValueError(f"--executor must be one of {', '.join(EXECUTOR_CHOICES)}, got {executor!r}")
@@ -115,16 +116,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def check_worker_limit(updates: dict[str, Any]) -> None:
-    """Refuse, before anything starts, more ESP workers than this machine can hold."""
-    raw = (updates.get("additional_config") or {}).get("esp")
-    if raw is None:
+def check_engine_fields(fields: dict[str, Any]) -> None:
+    """ValueError (one line) for ESP options in EngineArgs fields that cannot start.
+
+    ``fields`` are the values ``vllm serve`` parsed, after :func:`apply` folded the
+    ``--esp-*`` flags in. The ``esp`` section of ``additional_config`` is checked whichever
+    way it came (flags or ``--additional-config`` JSON), and with the ESP executor (named
+    "esp" or by its dotted path) also what the executor would refuse in the engine process:
+    its tensor-parallel size, pipeline or data parallelism, speculative decoding, a KV
+    connector other than the swap connector and more workers than this machine holds.
+    """
+    raw = (fields.get("additional_config") or {}).get("esp")
+    backend = _qualname(fields.get("distributed_executor_backend"))
+    uses_esp = backend in ("esp", EXECUTOR_QUALNAME)
+    if raw is None and not uses_esp:
         return
+    cfg = ESPConfig.from_dict(raw)
+    if not uses_esp:
+        return
+    tp = fields.get("tensor_parallel_size") or 1
+    if cfg.tp != tp:
+        raise ValueError(f"ESP tp={cfg.tp} (additional_config esp.tp) disagrees with "
+                         f"--tensor-parallel-size {tp}; set both to the same value")
+    if (fields.get("pipeline_parallel_size") or 1) > 1:
+        raise ValueError("--executor esp does not support pipeline parallelism "
+                         "(--pipeline-parallel-size > 1)")
+    if (fields.get("data_parallel_size") or 1) > 1:
+        raise ValueError("--executor esp replaces data parallelism; use --esp-instances instead")
+    if fields.get("speculative_config"):
+        raise ValueError("--executor esp does not support speculative decoding yet")
+    kvt = fields.get("kv_transfer_config")
+    connector = kvt.get("kv_connector") if isinstance(kvt, dict) else \
+        getattr(kvt, "kv_connector", None)
+    if connector not in (None, SWAP_CONNECTOR):
+        raise ValueError(f"--executor esp supports only the {SWAP_CONNECTOR} KV connector "
+                         f"(per-instance swap to host memory), got {connector}")
     from vllm.platforms import current_platform
 
-    from vllm_esp.config import check_worker_limit as check
+    from vllm_esp.config import check_worker_limit
 
-    check(ESPConfig.from_dict(raw), on_cpu=current_platform.is_cpu())
+    check_worker_limit(cfg, on_cpu=current_platform.is_cpu())
 
 
 def add_argument_group(parser: argparse.ArgumentParser) -> bool:
@@ -139,10 +170,12 @@ def add_argument_group(parser: argparse.ArgumentParser) -> bool:
         choices=EXECUTOR_CHOICES,
         default=None,
         help="Executor: esp (elastic sequence parallelism over --esp-instances model "
-        "instances) or one of vLLM's own (mp, uni, ray).",
+        "instances; without --esp-instances it runs one instance) or one of vLLM's own "
+        "(mp, uni, ray).",
     )
     group.add_argument("--esp-instances", type=_positive_int, default=None,
-                       help="Number of model instances (replicas), each with its own KV cache.")
+                       help="Number of model instances (replicas), each with its own KV cache "
+                       "(default with --executor esp: 1).")
     group.add_argument("--esp-tp", type=_positive_int, default=None,
                        help="Tensor-parallel workers per instance (= --tensor-parallel-size).")
     group.add_argument("--esp-policy", choices=POLICY_CHOICES, default=None,

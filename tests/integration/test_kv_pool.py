@@ -55,6 +55,16 @@ def test_dispatch_ties_go_to_fewest_requests():
     assert pool.choose_instance(None) == 1
 
 
+def test_dispatch_spreads_one_request_at_a_time_over_equal_instances():
+    """Idle, equal instances: successive requests go round the instances, not all to 0."""
+    pool = DistributedKVPool([_fake_instance(10, 20) for _ in range(3)], block_size=16)
+    assert [pool.choose_instance(None) for _ in range(6)] == [0, 1, 2, 0, 1, 2]
+    # the rotation only breaks ties: more free KV still wins
+    pool.schedulers[1] = _fake_instance(12, 20)
+    assert [pool.choose_instance(None) for _ in range(2)] == [1, 1]
+    assert pool.choose_instance(None, among=[0, 2]) == 2  # after 1 comes 2
+
+
 def _scale_up_target(running: list[int], free: list[int], need: list[int], src: int = 0,
                      reserved=()):
     from vllm_esp.integration.scheduler import ESPScheduler

@@ -24,7 +24,9 @@ def servers(tiny_models):
     model = tiny_models["llama"]
     stock = VLLMServer(model, COMMON).start()
     try:
-        esp = VLLMServer(model, ["--executor", "esp", "--esp-instances", "2", *COMMON]).start()
+        # vLLM's INFO level (as a user gets without VLLM_LOGGING_LEVEL) and the per-step plan
+        esp = VLLMServer(model, ["--executor", "esp", "--esp-instances", "2", *COMMON],
+                         env={"VLLM_LOGGING_LEVEL": "INFO", "VLLM_ESP_DEBUG_PLAN": "1"}).start()
     except BaseException:
         stock.stop()
         raise
@@ -50,6 +52,27 @@ def test_completions_match_stock(servers):
     got = _client(servers["esp"]).completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=12, **seeded)
     ref = _client(servers["stock"]).completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=12, **seeded)
     assert got.choices[0].text == ref.choices[0].text
+
+
+def test_esp_logs_at_info_with_instance_named_workers_and_the_pooled_capacity(servers):
+    """vllm_esp's loggers log through vLLM's logging setup (INFO passes as vLLM's own lines
+    do), VLLM_ESP_DEBUG_PLAN=1 prints the per-step plan, each worker's log prefix names its
+    instance, and a start-up line states the pooled KV capacity."""
+    srv = servers["esp"]
+    _complete(srv, PROMPTS[0])
+    log = srv.log_path.read_text(errors="replace")
+    assert "ESP executor ready: 2 instances x TP 1 (2 workers)" in log
+    assert re.search(r"ESP step \d+ plan: \[\{'instance': 0, 'tokens': \d+", log)
+    assert "(Worker_ESP0 pid=" in log and "(Worker_ESP1 pid=" in log
+    assert "(Worker pid=" not in log and "VllmWorker-0 pid" not in log
+    assert "Unknown vLLM environment variable" not in log
+    # vLLM's own line counts one instance's blocks, its null block included
+    one = int(re.search(r"KV cache size: ([\d,]+) tokens", log).group(1).replace(",", ""))
+    blocks = _metric(srv, "vllm_esp:kv_cache_total_blocks")
+    block_size = one // (int(blocks["0"]) + 1)
+    pooled = sum(int(v) for v in blocks.values()) * block_size
+    assert f"ESP KV pool: 2 instances x {pooled // 2:,} tokens = {pooled:,} tokens pooled" in log
+    assert f"maximum concurrency for 2,048 tokens per request: {pooled / 2048:.2f}x" in log
 
 
 def test_chat_matches_stock(servers):
@@ -103,17 +126,42 @@ def test_request_spread_over_both_instances_matches_stock_and_shows_in_metrics(s
     assert got == _complete(servers["stock"], prompt)
     srv = servers["esp"]
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not _scalar(srv, "vllm_esp:num_spanning_requests"):
+    while time.monotonic() < deadline and not _scalar(srv, "vllm_esp:num_spanning_requests_total"):
         _complete(srv, "x")  # stats reach /metrics a step after the tokens
-    assert _scalar(srv, "vllm_esp:num_spanning_requests") >= 1
-    assert _scalar(srv, "vllm_esp:num_parallel_prefills") >= 1
-    assert _scalar(srv, "vllm_esp:requests_by_prefill_instances", 'instances="2"') >= 1
-    assert _scalar(srv, "vllm_esp:requests_by_decode_instances", 'instances="2"') >= 1
-    sent = _metric(srv, "vllm_esp:esp_bytes_sent")
+    assert _scalar(srv, "vllm_esp:num_spanning_requests_total") >= 1
+    assert _scalar(srv, "vllm_esp:num_parallel_prefills_total") >= 1
+    assert _scalar(srv, "vllm_esp:requests_by_prefill_instances_total", 'instances="2"') >= 1
+    assert _scalar(srv, "vllm_esp:requests_by_decode_instances_total", 'instances="2"') >= 1
+    sent = _metric(srv, "vllm_esp:esp_bytes_sent_total")
     assert set(sent) == {"0", "1"} and all(v > 0 for v in sent.values())
-    for name in ("vllm_esp:num_scale_up", "vllm_esp:num_merge", "vllm_esp:num_master_moves",
-                 "vllm_esp:num_scale_down", "vllm_esp:num_span_recompute"):
+    for name in ("vllm_esp:num_scale_up_total", "vllm_esp:num_merge_total", "vllm_esp:num_master_moves_total",
+                 "vllm_esp:num_scale_down_total", "vllm_esp:num_span_recompute_total"):
         assert _scalar(srv, name) is not None, name
+
+
+def test_cumulative_esp_metrics_are_counters_and_levels_are_gauges(servers):
+    """Prometheus types as vLLM's own: running totals are counters (``_total``), levels are
+    gauges; ``rate()`` and ``increase()`` work on the counters."""
+    srv = servers["esp"]
+    _complete(srv, PROMPTS[0])
+    _complete(srv, PROMPTS[1])  # stats reach /metrics a step after the tokens
+    text = srv.get("/metrics")
+    # (prometheus_client writes a counter's TYPE line with or without _total, by version)
+    types = {re.sub(r"_total$", "", name): kind
+             for name, kind in re.findall(r"^# TYPE (vllm\S*:\S+) (\w+)$", text, re.M)}
+    for name in ("num_preemptions", "num_requests_dispatched", "esp_bytes_sent",
+                 "num_spanning_requests", "num_scale_up", "num_merge", "num_master_moves",
+                 "num_scale_down", "num_parallel_prefills", "num_ring_prefills",
+                 "num_batched_ring_prefills", "num_span_recompute",
+                 "requests_by_prefill_instances", "requests_by_decode_instances"):
+        assert types.get(f"vllm_esp:{name}") == "counter", (name, types)
+        assert f"vllm_esp:{name}_total{{" in text, name
+    for name in ("kv_cache_usage_perc", "kv_cache_used_blocks", "kv_cache_total_blocks",
+                 "num_requests_running", "num_requests_waiting"):
+        assert types.get(f"vllm_esp:{name}") == "gauge", (name, types)
+    assert types.get("vllm:num_preemptions") == "counter"  # vLLM's own, for comparison
+    dispatched = _metric(srv, "vllm_esp:num_requests_dispatched_total")
+    assert set(dispatched) == {"0", "1"} and sum(dispatched.values()) >= 2
 
 
 def _generated_tokens(srv) -> float:
@@ -178,12 +226,19 @@ def test_too_long_prompt_is_rejected_and_server_keeps_serving(servers):
     (["--executor", "esp", "--esp-instances", "64"], "exceed this machine's limit"),
     (["--executor", "esp", "--esp-instances", "2", "--esp-profile", "/nonexistent.json"],
      "neither a file nor a built-in profile"),
+    # the ESP options as vLLM's own --additional-config JSON: checked as early
+    (["--distributed-executor-backend", "esp", "--additional-config",
+      '{"esp": {"instances": 64}}'], "exceed this machine's limit"),
 ])
 def test_bad_esp_options_fail_at_start_with_a_reason(tiny_models, argv, message):
     proc = subprocess.run([*vllm_command(), "serve", tiny_models["llama"], *COMMON, *argv],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
+    # one usage line from the parser, before any engine process started
+    assert "Engine core initialization failed" not in proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vllm serve: error:") and message in last, proc.stderr[-2000:]
 
 
 def test_plain_qualname_route_without_any_plugin(servers, tiny_models):

@@ -129,6 +129,13 @@ def test_cli_admission_flag(capsys):
     assert "needs a cost profile" in capsys.readouterr().err
 
 
+def test_cli_help_says_executor_esp_alone_runs_one_instance(capsys):
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--help=ESP"])  # vLLM shows one group per --help=
+    text = " ".join(capsys.readouterr().out.split())
+    assert "instances it runs one instance" in text  # (argparse may wrap at a hyphen)
+
+
 def test_cli_stock_executor_names_pass_through():
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -138,10 +145,26 @@ def test_cli_stock_executor_names_pass_through():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--esp-instances", "2"], "need --executor esp"),
+    (["--esp-instances", "2"], "--esp-instances needs --executor esp"),
+    (["--esp-instances", "2", "--esp-tp", "1"], "--esp-instances, --esp-tp need --executor esp"),
     (["--executor", "mp", "--esp-instances", "2"], "use --executor esp"),
     (["--executor", "esp", "--pipeline-parallel-size", "2"], "pipeline parallelism"),
     (["--executor", "esp", "--esp-tp", "2", "--tensor-parallel-size", "4"], "disagrees"),
+    # the same options given as --additional-config JSON are checked as early
+    (["--distributed-executor-backend", "esp", "--additional-config",
+      '{"esp": {"instances": 64}}'], "exceed this machine's limit"),
+    (["--executor", "esp", "--additional-config", '{"esp": {"instances": 64}}'],
+     "exceed this machine's limit"),
+    (["--distributed-executor-backend", "vllm_esp.integration.executor.ESPExecutor",
+      "--additional-config", '{"esp": {"instances": 0}}'], "positive integer"),
+    (["--distributed-executor-backend", "esp", "--tensor-parallel-size", "2",
+      "--additional-config", '{"esp": {"instances": 1}}'], "disagrees"),
+    (["--additional-config", '{"esp": {"instancs": 2}}'], "unknown ESP option"),
+    (["--executor", "esp", "--speculative-config",
+      '{"method": "ngram", "num_speculative_tokens": 2}'], "speculative decoding"),
+    (["--executor", "esp", "--kv-transfer-config",
+      '{"kv_connector": "ExampleConnector", "kv_role": "kv_both"}'], "only the SwapConnector"),
+    (["--executor", "esp", "--data-parallel-size", "2"], "use --esp-instances instead"),
 ])
 def test_cli_bad_combinations_fail_with_a_reason(argv, message, capsys):
     # as `vllm serve` does it: a usage error while parsing, exit code 2, one line
@@ -228,3 +251,37 @@ def test_pooled_capacity_counts_every_instance_pool_only_when_set():
         pooled_capacity.set_pool_count(1)
     with pytest.raises(ValueError, match="max seq len"):
         check(200, need, 3072, lambda am: 0)
+
+
+def test_worker_names_carry_the_esp_instance(monkeypatch):
+    import vllm.logger
+    from vllm.v1.executor import multiproc_executor
+
+    from vllm_esp_patches.worker_names import ENV, with_instance
+
+    vllm_esp_patches.apply_all()
+    assert with_instance("Worker", "1") == "Worker_ESP1"
+    assert with_instance("Worker_TP1", "0") == "Worker_ESP0_TP1"
+    assert with_instance("VllmWorker-0", "1") == "VllmWorker_ESP1-0"
+    assert with_instance("Worker_ESP1", "1") == "Worker_ESP1"  # once only
+    assert with_instance("EngineCore", "1") == "EngineCore"
+    monkeypatch.delenv(ENV, raising=False)
+    assert with_instance("Worker") == "Worker"  # not an ESP instance: vLLM's names
+    assert type(multiproc_executor.get_mp_context()).__name__ != "_NamingContext"
+    # what vLLM's worker code calls (module-level names) inserts the instance from the env
+    monkeypatch.setenv(ENV, "2")
+    assert type(multiproc_executor.get_mp_context()).__name__ == "_NamingContext"
+    before = vllm.logger._vllm_process_info
+    try:
+        multiproc_executor.decorate_logs("Worker_TP1")
+        assert vllm.logger._vllm_process_info[0] == "Worker_ESP2_TP1"
+    finally:
+        vllm.logger._vllm_process_info = before
+
+
+def test_esp_environment_variables_are_known_to_vllm():
+    import vllm.envs
+
+    vllm_esp_patches.apply_all()
+    for name in ("VLLM_ESP_DEBUG_PLAN", "VLLM_ESP_CPU_OVERSUBSCRIBE", "VLLM_ESP_INSTANCE"):
+        assert name in vllm.envs.environment_variables

@@ -20,6 +20,10 @@ def test_profile_tiny_model_end_to_end(tmp_path):
                               "--no-progress"])
     assert args.func(args) == 0
     cm = CostModel.load(out)
-    assert cm.meta.source == "measured" and set(cm.prefill) == {1}
+    from vllm_esp.profiler.cli import default_instances, machine_instances
+
+    # by default every group size the planner needs on this machine is measured
+    assert cm.meta.source == "measured"
+    assert set(cm.prefill) == set(default_instances(machine_instances(1)))
     assert cm.prefill_time(1, 4 * 1024, 4 * 1024**2) > cm.prefill_time(1, 32, 32**2)
     assert (tmp_path / "p.json.points.jsonl").exists()

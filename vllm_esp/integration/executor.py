@@ -51,8 +51,7 @@ class ESPExecutor(Executor):
         from vllm_esp.plugin import ensure_registered
 
         ensure_registered()  # version guard + patches, also on the plain qualname route
-        self.esp = ESPConfig.from_vllm_config(vllm_config)
-        _validate(vllm_config, self.esp)
+        self.esp = check_config(vllm_config)
         sched = vllm_config.scheduler_config
         if sched.scheduler_cls in (None, "vllm.v1.core.sched.scheduler.Scheduler"):
             # EngineCore builds the scheduler after the executor: make the default ours.
@@ -88,7 +87,7 @@ class ESPExecutor(Executor):
         except BaseException:
             self.shutdown()
             raise
-        logger.info("ESP executor ready: %d instance(s) x TP %d", self.esp.instances, self.esp.tp)
+        logger.info("ESP executor ready: %s", _describe_instances(self.esp))
 
     def _start_instance(self, index: int, bind: str | None) -> MultiprocExecutor:
         config = copy.deepcopy(self.vllm_config)
@@ -108,7 +107,9 @@ class ESPExecutor(Executor):
             if index == 0:
                 logger.info("KV cache per CPU worker defaults to %.1f GiB "
                             "(set VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes)", gib)
-        env = {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env}
+        env = {"VLLM_CPU_OMP_THREADS_BIND": bind, **gpu_env,
+               # names the workers in log prefixes (vllm_esp_patches.worker_names)
+               "VLLM_ESP_INSTANCE": str(index) if self.esp.instances > 1 else None}
         if self.esp.instances > 1:
             env["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # the ESP runner extends V1 (see __init__)
         with contextlib.ExitStack() as stack:
@@ -270,6 +271,14 @@ class ESPExecutor(Executor):
         return False
 
 
+def _describe_instances(esp: ESPConfig) -> str:
+    """"2 instances x TP 1 (2 workers)"; one instance is said to be one (the default)."""
+    if esp.instances == 1:
+        return (f"1 instance x TP {esp.tp} (--executor esp without --esp-instances N runs "
+                "one instance: no request spans instances)")
+    return f"{esp.instances} instances x TP {esp.tp} ({esp.num_workers} workers)"
+
+
 def _in_parallel(calls: list[Callable[[], Any]], swallow: bool = False) -> None:
     """Run blocking per-instance calls concurrently; re-raise the first error."""
     errors: list[BaseException] = []
@@ -360,6 +369,15 @@ def _on_cpu() -> bool:
 
 
 SWAP_CONNECTOR = "SwapConnector"  # vllm_esp.scheduling.swap_connector: one per instance
+
+
+def check_config(vllm_config) -> ESPConfig:
+    """The ESP options of ``vllm_config``, or ValueError with a one-line reason (with the
+    plugin loaded, ``vllm_esp.options.check_engine_fields`` refused most of these already,
+    in the user's process)."""
+    esp = ESPConfig.from_vllm_config(vllm_config)
+    _validate(vllm_config, esp)
+    return esp
 
 
 def _validate(vllm_config, esp: ESPConfig) -> None:

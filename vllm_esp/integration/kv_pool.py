@@ -30,6 +30,7 @@ class DistributedKVPool:
         # request id -> instance it was dispatched to. In this release a request lives on
         # exactly one instance; placement() reads the blocks it holds there on demand.
         self.instance_of: dict[str, int] = {}
+        self._next = 0  # where the round-robin among equally good instances starts
 
     @property
     def num_instances(self) -> int:
@@ -69,14 +70,19 @@ class DistributedKVPool:
         )
 
     def choose_instance(self, request: Request, among: list[int] | None = None) -> int:
-        """Most free KV after queued demand; ties go to the instance with fewest requests.
-        ``among``: only these instances."""
+        """Most free KV after queued demand; ties go to the instance with fewest requests,
+        then round-robin (one request at a time must not always land on instance 0: idle
+        instances are all equal). ``among``: only these instances. The caller dispatches
+        the request to the returned instance."""
+        n = self.num_instances
 
         def key(i: int):
             headroom = self.free_blocks(i) - self.pending_demand(i)
-            return (-headroom, len(self.schedulers[i].requests), i)
+            return (-headroom, len(self.schedulers[i].requests), (i - self._next) % n)
 
-        return min(among or range(self.num_instances), key=key)
+        chosen = min(among or range(n), key=key)
+        self._next = (chosen + 1) % n
+        return chosen
 
     def assign(self, request_id: str, instance: int) -> None:
         self.instance_of[request_id] = instance

@@ -31,6 +31,7 @@ from vllm.v1.request import Request, RequestStatus
 from vllm_esp import envs
 from vllm_esp.config import ESPConfig
 from vllm_esp.integration.admission import Admission
+from vllm_esp.integration.capacity import pool_summary
 from vllm_esp.integration.elastic_prefill import (
     MAX_REQUESTS_PER_STEP,
     PrefillPlanner,
@@ -102,6 +103,9 @@ class ESPScheduler(SchedulerInterface):
             for s in self.instances:
                 s.use_v2_model_runner = False
         self.pool = DistributedKVPool(self.instances, block_size)
+        logger.info("%s", pool_summary(
+            [self.pool.total_blocks(i) * block_size for i in range(self.esp.instances)],
+            self.esp.tp, vllm_config.model_config.max_model_len))
         # the global manager's batching step over each step's new requests (cost profile)
         self.prefill_planner = PrefillPlanner(load_profile(self.esp.profile), block_size) \
             if self.esp.profile and self.esp.instances > 1 else None

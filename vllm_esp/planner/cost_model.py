@@ -108,6 +108,9 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CostModel":
+        if not d.get("prefill") or not d.get("decode"):
+            raise ValueError("the profile has no fitted prefill/decode coefficients (an empty "
+                             "fit); measure it again with `vllm-esp profile`")
         return cls(
             meta=ProfileMeta(**d["meta"]),
             prefill={int(k): Linear3(**v) for k, v in d["prefill"].items()},

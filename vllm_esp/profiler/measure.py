@@ -32,6 +32,18 @@ class Grid:
     lengths: tuple[int, ...] = (32, 128, 512, 1024)  # prompt tokens
     decode_steps: int = 16  # tokens generated when timing decode
 
+    def check(self) -> None:
+        """ValueError unless every (phase, k) group can be fitted: three coefficients need
+        points that vary in both features, i.e. 2+ batch sizes and 2+ lengths (one length
+        makes S2 proportional to S1; one batch size makes the batch term a constant)."""
+        if not self.instances:
+            raise ValueError("no ESP group size to measure (--instances)")
+        if len(set(self.batch_sizes)) < 2 or len(set(self.lengths)) < 2:
+            raise ValueError(
+                f"a fit needs at least 2 batch sizes and 2 lengths, got --batch-sizes "
+                f"{','.join(map(str, self.batch_sizes))} --lengths "
+                f"{','.join(map(str, self.lengths))}")
+
 
 @dataclass(frozen=True)
 class Point:
@@ -102,12 +114,20 @@ def run_grid(timer_for_k: Callable[[int], Timer], grid: Grid, cache: PointCache,
 
 def fit_profile(points: list[Point], grid: Grid, meta: ProfileMeta, kv_bytes_per_token: int,
                 migration_bandwidth: float, migration_latency: float = 0.0) -> CostModel:
+    """Fit every (phase, k) of ``grid``; ValueError naming the groups with too few points
+    (a profile missing a group would make the planner fail later, or never spread)."""
     prefill, decode = {}, {}
-    for k in sorted({p.k for p in points}):
+    short = []
+    for k in grid.instances:
         for phase, table in (("prefill", prefill), ("decode", decode)):
             rows = [(*p.features(grid.decode_steps), p.seconds) for p in points
-                    if p.k == k and p.phase == phase]
-            if len(rows) >= 3:
-                table[k] = fit_linear3(rows)
-                meta.fit_mean_rel_error[f"{phase}/k={k}"] = round(mean_relative_error(table[k], rows), 4)
+                    if p.k == k and p.phase == phase and p.seconds > 0]
+            if len(rows) < 3:
+                short.append(f"{phase} k={k}: {len(rows)}")
+                continue
+            table[k] = fit_linear3(rows)
+            meta.fit_mean_rel_error[f"{phase}/k={k}"] = round(mean_relative_error(table[k], rows), 4)
+    if short:
+        raise ValueError(f"too few measured points to fit 3 coefficients ({'; '.join(short)} "
+                         "points, 3 needed): give more --batch-sizes and --lengths")
     return CostModel(meta, prefill, decode, kv_bytes_per_token, migration_bandwidth, migration_latency)

@@ -12,6 +12,7 @@ Only argparse is imported at module level: ``vllm-esp --help`` must stay fast.
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -64,7 +65,11 @@ def main(args: argparse.Namespace) -> int:
     from vllm_esp.simulator.systems import ClusterSpec, build, kv_tokens_from_memory
     from vllm_esp.workloads import generate, load_jsonl, load_sharegpt
 
-    cost = _load_cost(args.profile)
+    try:
+        cost = _load_cost(args.profile)
+    except (OSError, ValueError, KeyError) as e:  # missing file or name, empty or bad fit
+        print(f"vllm-esp simulate: error: --profile {args.profile}: {e}", file=sys.stderr)
+        return 2
     spec = ClusterSpec(args.instances, args.kv_tokens or kv_tokens_from_memory(cost),
                        token_budget=args.token_budget, prefill_instances=args.prefill_instances)
     systems = [s for s in args.systems.split(",") if s]

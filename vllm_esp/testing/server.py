@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 
 def free_port() -> int:
@@ -50,6 +51,24 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
+class _LogFollower:
+    """The complete lines appended to a file since the last call."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.partial = path, 0, ""
+
+    def new_lines(self) -> list[str]:
+        try:
+            with open(self.path, errors="replace") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+                self.offset = f.tell()
+        except OSError:
+            return []
+        *lines, self.partial = (self.partial + chunk).split("\n")
+        return lines
+
+
 class VLLMServer:
     """``with VLLMServer(model, ["--executor", "esp"]) as srv: srv.url ...``"""
 
@@ -64,18 +83,27 @@ class VLLMServer:
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "VLLMServer":
+    def start(self, on_log_line: Callable[[str], None] | None = None) -> "VLLMServer":
+        """Start the server and wait until it answers /health. ``on_log_line`` sees each
+        log line written meanwhile (the demo prints start-up progress from them)."""
         cmd = [*vllm_command(), "serve", self.model, "--port", str(self.port),
                "--host", "127.0.0.1", *self.args]
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=self.env, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
+        follow = _LogFollower(self.log_path) if on_log_line else None
         while time.monotonic() < deadline:
+            if follow:
+                for line in follow.new_lines():
+                    on_log_line(line)
             if self.proc.poll() is not None:
                 raise RuntimeError(f"vllm serve exited with {self.proc.returncode}; "
                                    f"last log lines:\n{self.tail()}")
             if self.healthy():
+                if follow:
+                    for line in follow.new_lines():
+                        on_log_line(line)
                 return self
             time.sleep(1.0)
         self.stop()

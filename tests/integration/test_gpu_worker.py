@@ -63,14 +63,58 @@ def test_executor_fits_a_gpu_instance_to_the_esp_worker():
 
     config = SimpleNamespace(parallel_config=SimpleNamespace(worker_cls="auto"),
                              attention_config=SimpleNamespace(backend=None),
-                             model_config=SimpleNamespace(enforce_eager=False),
-                             compilation_config=SimpleNamespace(cudagraph_mode=None))
+                             model_config=SimpleNamespace(enforce_eager=False,
+                                                          dtype=torch.bfloat16),
+                             compilation_config=SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE))
     env = _fit_gpu_instance(config)
     assert config.parallel_config.worker_cls == ESP_GPU_WORKER
     assert config.attention_config.backend == AttentionBackendEnum.FLASH_ATTN
-    assert config.model_config.enforce_eager
-    assert config.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
+    # compile and CUDA graphs stay as configured: steps with span traffic go eager per step
+    assert not config.model_config.enforce_eager
+    assert config.compilation_config.cudagraph_mode == CUDAGraphMode.FULL_AND_PIECEWISE
     assert env == {"VLLM_USE_V2_MODEL_RUNNER": "0", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    config.model_config.dtype = torch.float32  # flash-attn has no fp32: vLLM's Triton backend
+    _fit_gpu_instance(config)
+    assert config.attention_config.backend == AttentionBackendEnum.TRITON_ATTN
+    assert gw.ESPTritonAttentionBackend.get_impl_cls() is gw.ESPTritonAttentionImpl
+
+
+def test_instances_get_their_own_gpus_or_share_with_a_memory_split():
+    from vllm_esp.integration.executor import _place_gpu_instance
+    from vllm_esp.integration.gpu_placement import place_instances
+
+    own = place_instances(2, 2, ["0", "1", "2", "3"])
+    assert [p.env for p in own] == [{"CUDA_VISIBLE_DEVICES": "0,1"},
+                                    {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert all(p.sharing == 1 for p in own)
+    shared = place_instances(3, 1, ["5", "7"])  # 3 instances, 2 GPUs: round-robin
+    assert [p.devices for p in shared] == [("5",), ("7",), ("5",)]
+    assert [p.sharing for p in shared] == [2, 1, 2]
+    config = SimpleNamespace(cache_config=SimpleNamespace(gpu_memory_utilization=0.9))
+    assert _place_gpu_instance(config, shared[0]) == {"CUDA_VISIBLE_DEVICES": "5"}
+    assert config.cache_config.gpu_memory_utilization == 0.45
+    import pytest
+
+    with pytest.raises(ValueError, match="needs 4 GPUs"):
+        place_instances(2, 4, ["0", "1"])
+
+
+def test_a_step_with_span_traffic_runs_without_a_cuda_graph(monkeypatch):
+    from vllm_esp.integration import esp_step
+
+    seen = []
+
+    class _Base:
+        def _determine_batch_execution_and_padding(self, *args, **kwargs):
+            seen.append(kwargs.get("force_eager", False))
+
+    class _Runner(ESPRunnerMixin, _Base):
+        pass
+
+    _Runner()._determine_batch_execution_and_padding(8, 2)
+    monkeypatch.setattr(esp_step, "current", lambda: object())
+    _Runner()._determine_batch_execution_and_padding(8, 2)
+    assert seen == [False, True]
 
 
 def test_scale_up_generator_replay_matches_vllms_gpu_sampler():

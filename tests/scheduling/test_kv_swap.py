@@ -95,3 +95,24 @@ def test_store_rejects_bad_shapes_and_missing_maps():
     store = HostKVStore(capacity_bytes=10)
     assert not store.swap_out("r", _cache(), [0], 3)  # over capacity -> refused, not stored
     assert "r" not in store
+
+
+def test_flash_layout_token_maps_round_trip_quantized():
+    """On a GPU the store reads vLLM's FLASH_ATTN slabs with their own token maps (K of token
+    t at [t, :D], V at [t, D:]): a quantized round trip on that layout keeps each token's K
+    and V within the int8 error bound."""
+    from vllm_esp.ops import FlashPagedKV
+    from vllm_esp.scheduling.swap_connector import _flash_token_maps, token_maps_for
+
+    layout = FlashPagedKV(2, 32, 16, torch.float32)
+    cache = layout.allocate(8)
+    k, v = torch.randn(40, 2, 32), torch.randn(40, 2, 32) * 5
+    layout.write(cache, k, v, torch.arange(16, 56))  # blocks 1, 2 and part of 3
+    assert token_maps_for(cache) is not _flash_token_maps  # a CPU tensor: the CPU maps
+    store = HostKVStore(quantize=True, token_maps=_flash_token_maps)
+    store.swap_out("r", {"l": cache}, [1, 2, 3], 40)
+    store.swap_in("r", {"l": cache}, [5, 6, 7])
+    gk, gv = layout.gather(cache, torch.tensor([5, 6, 7]))
+    for got, ref in ((gk[:40], k), (gv[:40], v)):
+        bound = ref.abs().amax(dim=-1, keepdim=True) / 127 * 0.5001
+        assert ((got - ref).abs() <= bound).all()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vllm_esp.integration import esp_step
+from vllm_esp.integration.span_support import impl_blockers
 from vllm_esp.ops.ring_prefill import ring_layer
 from vllm_esp.ops.span_exchange import span_layer
 from vllm_esp.ops.step import rows_index
@@ -114,6 +115,7 @@ def esp_attention(impl, layout_of, layer, query, key, value, kv_cache, attn_meta
     ctx = esp_step.current()
     if ctx is None or attn_metadata is None:
         return
+    _check_supported(impl)
     n = attn_metadata.num_actual_tokens
     hq, hkv, d = impl.num_heads, impl.num_kv_heads, impl.head_size
     q = query[:n].view(n, hq, d)
@@ -129,6 +131,15 @@ def esp_attention(impl, layout_of, layer, query, key, value, kv_cache, attn_meta
                    query=q, output=o)
 
 
+def _check_supported(impl) -> None:
+    """Stop loudly if this layer has an attention feature span attention lacks (the engine
+    should have served the model unspread: ``span_support``)."""
+    blockers = impl_blockers(impl)
+    if blockers:
+        raise RuntimeError(f"ESP span attention cannot compute a layer with "
+                           f"{', '.join(blockers)}; this model must be served unspread")
+
+
 def serve_layer(layer_module, layout, kv_cache, dtype) -> None:
     """An instance with no forward this step serves its chunks for one layer."""
     ctx = esp_step.current()
@@ -136,5 +147,6 @@ def serve_layer(layer_module, layout, kv_cache, dtype) -> None:
     if step.spans is None:
         return
     impl = layer_module.impl
+    _check_supported(impl)
     span_layer(step.spans, ctx.comm, esp_step.kernels_for(kv_cache.device, layout), layout,
                kv_cache, impl.num_heads, impl.head_size, impl.scale, dtype=dtype)

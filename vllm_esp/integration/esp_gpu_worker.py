@@ -21,6 +21,11 @@ from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionImpl,
     FlashAttentionMetadataBuilder,
 )
+from vllm.v1.attention.backends.triton_attn import (
+    TritonAttentionBackend,
+    TritonAttentionImpl,
+    TritonAttentionMetadataBuilder,
+)
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.gpu_worker import Worker
 
@@ -30,6 +35,9 @@ from vllm_esp.integration.esp_worker import ESPWorkerMixin
 from vllm_esp.ops.kv_cache import FlashPagedKV
 
 GPU_BACKEND_QUALNAME = "vllm_esp.integration.esp_gpu_worker.ESPFlashAttentionBackend"
+# float32 models: flash-attn computes in half precision only; vLLM's Triton backend has the
+# same cache layout and takes float32
+GPU_FP32_BACKEND_QUALNAME = "vllm_esp.integration.esp_gpu_worker.ESPTritonAttentionBackend"
 # what the executor sets in the GPU instances' environment and the engine's (one runner mode
 # in every process: see ESPExecutor)
 GPU_ENV = {"VLLM_USE_V2_MODEL_RUNNER": "0", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
@@ -59,6 +67,31 @@ class ESPFlashAttentionBackend(FlashAttentionBackend):
         return ESPFlashAttentionMetadataBuilder
 
 
+class ESPTritonAttentionImpl(ESPAttentionMixin, TritonAttentionImpl):
+    esp_layout = staticmethod(flash_layout)
+
+
+class ESPTritonAttentionMetadataBuilder(ESPMetadataBuilderMixin, TritonAttentionMetadataBuilder):
+    pass
+
+
+class ESPTritonAttentionBackend(TritonAttentionBackend):
+    @staticmethod
+    def get_impl_cls():
+        return ESPTritonAttentionImpl
+
+    @staticmethod
+    def get_builder_cls():
+        return ESPTritonAttentionMetadataBuilder
+
+
+def attention_backend_for(dtype) -> tuple[str, str]:
+    """(vLLM backend name, ESP override qualname) for a model dtype."""
+    if dtype == torch.float32:
+        return "TRITON_ATTN", GPU_FP32_BACKEND_QUALNAME
+    return "FLASH_ATTN", GPU_BACKEND_QUALNAME
+
+
 class ESPGPUModelRunner(ESPRunnerMixin, GPUModelRunner):
     esp_layout = staticmethod(flash_layout)
     esp_sampler = "gpu"
@@ -70,5 +103,9 @@ class ESPGPUWorker(ESPWorkerMixin, Worker):
     esp_stock_runner = GPUModelRunner
     esp_runner = ESPGPUModelRunner
     esp_runner_name = "vLLM's V1 GPU model runner (VLLM_USE_V2_MODEL_RUNNER=0)"
-    esp_internals = ((FlashAttentionImpl, "forward"),
-                     (FlashAttentionMetadataBuilder, "build"), (Worker, "init_device"))
+    esp_internals = ((FlashAttentionImpl, "forward"), (TritonAttentionImpl, "forward"),
+                     (FlashAttentionMetadataBuilder, "build"),
+                     (TritonAttentionMetadataBuilder, "build"), (Worker, "init_device"))
+
+    def esp_backend_for(self, vllm_config) -> tuple[str, str]:
+        return attention_backend_for(vllm_config.model_config.dtype)

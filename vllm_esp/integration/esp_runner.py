@@ -24,7 +24,8 @@ from vllm_esp.integration.esp_attention import serve_layer
 from vllm_esp.integration.outputs import plan_of
 
 # private GPUModelRunner methods the mixin overrides (checked at worker start)
-RUNNER_METHODS = ("_prepare_inputs", "execute_model", "_update_states", "profile_run")
+RUNNER_METHODS = ("_prepare_inputs", "execute_model", "_update_states", "profile_run",
+                  "_determine_batch_execution_and_padding")
 
 
 def check_runner_internals(runner_cls) -> None:
@@ -50,6 +51,15 @@ class ESPRunnerMixin:
             return out
         finally:
             esp_step.end_step()
+
+    def _determine_batch_execution_and_padding(self, *args, **kwargs):
+        """A step with span traffic runs without a CUDA graph: the ring and the exchanges are
+        host-driven and change every step, so a graph that captured attention (FULL) must not
+        replay them. The model stays compiled (its pieces run eagerly); every other step gets
+        vLLM's own graph mode."""
+        if esp_step.current() is not None:
+            kwargs["force_eager"] = True
+        return super()._determine_batch_execution_and_padding(*args, **kwargs)
 
     def profile_run(self, *args, **kwargs):
         """Hold ESP's transient memory while vLLM measures its peak, so that the KV cache
@@ -104,6 +114,7 @@ class ESPRunnerMixin:
             qsl = self.query_start_loc.np
             ids = self.input_batch.req_ids[: self.input_batch.num_reqs]
             ctx.rows = {rid: (int(qsl[i]), int(qsl[i + 1])) for i, rid in enumerate(ids)}
+            ctx.block_size = self.cache_config.block_size
             computed = ctx.plan.computed_here(ctx.instance)
             ctx.esp_requests = [i for i, rid in enumerate(ids) if rid in computed]
             self._load_stripes(ctx)
@@ -137,6 +148,7 @@ class ESPRunnerMixin:
         layers = self.vllm_config.compilation_config.static_forward_context
         names = sorted((n for n, m in layers.items() if hasattr(m, "impl")),
                        key=extract_layer_index)
+        esp_step.current().block_size = self.cache_config.block_size
         with torch.no_grad():
             for name in names:
                 m = layers[name]

@@ -31,10 +31,16 @@ class StepContext:
     device: torch.device = torch.device("cpu")  # of this worker's KV cache and activations
     rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # req id -> [start, end)
     esp_requests: list[int] = field(default_factory=list)  # batch indices ESP computes
+    block_size: int | None = None  # the scheduler's block size (the plan's block ids)
     _tensors: StepTensors | None = None
 
     def tensors(self, block_size: int) -> StepTensors:
-        """The step's index tensors, built on first use (after ``rows`` are known)."""
+        """The step's index tensors, built on first use (after ``rows`` are known).
+        ``block_size``: the kernel's, which must be the plan's (the scheduler's)."""
+        if self.block_size is not None and block_size != self.block_size:
+            raise RuntimeError(f"ESP: the attention kernel's blocks hold {block_size} tokens, "
+                               f"the scheduler's {self.block_size}; span attention needs them "
+                               f"equal")
         if self._tensors is None:
             self._tensors = StepTensors.build(self.plan, self.instance, self.rows, block_size,
                                               self.device)

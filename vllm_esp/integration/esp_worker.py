@@ -91,8 +91,14 @@ class ESPWorkerMixin:
         from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
         check_internals(*self.esp_internals)
-        register_backend(AttentionBackendEnum[self.esp_backend], self.esp_backend_qualname)
+        vllm_config = kwargs.get("vllm_config", args[0] if args else None)
+        name, qualname = self.esp_backend_for(vllm_config)
+        register_backend(AttentionBackendEnum[name], qualname)
         super().__init__(*args, **kwargs)
+
+    def esp_backend_for(self, vllm_config) -> tuple[str, str]:
+        """(the vLLM attention backend ESP overrides, the override's qualname)."""
+        return self.esp_backend, self.esp_backend_qualname
 
     def init_device(self):
         super().init_device()

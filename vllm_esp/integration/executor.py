@@ -64,7 +64,11 @@ class ESPExecutor(Executor):
             # ESP capacity is the sum of the pools: max_model_len may exceed one pool.
             from vllm_esp_patches import pooled_capacity
 
-            pooled_capacity.set_pool_count(self.esp.instances)
+            from vllm_esp.integration.span_support import span_blockers
+
+            # ... unless this model's requests cannot be spread: then one pool is the limit
+            pooled_capacity.set_pool_count(1 if span_blockers(vllm_config)
+                                           else self.esp.instances)
         super().__init__(vllm_config)
 
     # ---- start-up -------------------------------------------------------------------
@@ -341,16 +345,18 @@ class _env:
 
 def _fit_gpu_instance(config) -> dict[str, str]:
     """An instance's config for the ESP GPU worker (``esp_gpu_worker``): its worker class and
-    the FLASH_ATTN backend its attention override extends. torch.compile and CUDA graphs stay
+    the attention backend its override extends (FLASH_ATTN; TRITON_ATTN for float32 models,
+    which flash-attn cannot compute). torch.compile and CUDA graphs stay
     as configured: the ESP runner runs a step with span traffic without a graph (eager
     pieces), every other step as vLLM decides. Returns the environment its processes need
     (V1 model runner, vLLM's PyTorch sampler, whose seeded draws a scale-up replays)."""
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-    from vllm_esp.integration.esp_gpu_worker import GPU_ENV
+    from vllm_esp.integration.esp_gpu_worker import GPU_ENV, attention_backend_for
 
     config.parallel_config.worker_cls = ESP_GPU_WORKER
-    config.attention_config.backend = AttentionBackendEnum.FLASH_ATTN
+    name, _ = attention_backend_for(config.model_config.dtype)
+    config.attention_config.backend = AttentionBackendEnum[name]
     return dict(GPU_ENV)
 
 

@@ -38,6 +38,7 @@ from vllm_esp.integration.elastic_prefill import (
     load_profile,
 )
 from vllm_esp.integration.kv_pool import DistributedKVPool
+from vllm_esp.integration.span_support import span_blockers
 from vllm_esp.integration.spanning import SpanManager
 from vllm_esp.integration.outputs import (
     ESPModelRunnerOutput,
@@ -113,10 +114,14 @@ class ESPScheduler(SchedulerInterface):
         self.admission = Admission(self.prefill_planner.cost, block_size) \
             if self.prefill_planner is not None and self.esp.admission == "manager" else None
         # requests larger than one instance's pool: contiguous chunks over instances
+        blockers = span_blockers(vllm_config, kv_cache_config)
+        if blockers and self.esp.instances > 1:
+            logger.warning("ESP: requests are served unspread (each whole on one instance): "
+                           "span attention does not implement %s", ", ".join(blockers))
         self.spans = SpanManager(self.instances, self.pool, block_size,
                                  parallel_prefill=self.esp.parallel_prefill,
                                  ring_prefill=self.esp.ring_prefill,
-                                 batch_rings=self.esp.batch_rings)
+                                 batch_rings=self.esp.batch_rings, enabled=not blockers)
         # spanning requests waiting for free blocks (admitted in order as pools free up), and
         # requests that cannot fit even in idle pools (finished with an error next step)
         self.pending_spans: list[Request] = []

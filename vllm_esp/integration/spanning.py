@@ -113,8 +113,11 @@ def requested_prefill_instances(request: Request) -> int:
 
 class SpanManager:
     def __init__(self, schedulers: list, pool, block_size: int, parallel_prefill: bool = True,
-                 ring_prefill: bool = True, batch_rings: bool = True):
+                 ring_prefill: bool = True, batch_rings: bool = True, enabled: bool = True):
         self.schedulers = schedulers
+        # False: this model's attention cannot be spread correctly (span_support): every
+        # request runs whole on one instance, hints are served unspread, no scale-up
+        self.enabled = enabled
         self.pool = pool
         self.block_size = block_size
         self.parallel_prefill = parallel_prefill
@@ -146,7 +149,7 @@ class SpanManager:
     def needs_span(self, request: Request) -> bool:
         """Its prompt (and the first new token) does not fit any single instance's pool, or
         the client asked for it (``extra_args={"esp_instances": k}``)."""
-        if self.pool.num_instances < 2 or request.sampling_params is None:
+        if not self.enabled or self.pool.num_instances < 2 or request.sampling_params is None:
             return False
         if max(requested_instances(request), requested_prefill_instances(request),
                self.planned_prefill.get(request.request_id, 1)) > 1:
@@ -426,6 +429,8 @@ class SpanManager:
 
     def can_migrate(self, request: Request, instance: int) -> bool:
         """A decoding request on ``instance`` whose next token needs a new block there."""
+        if not self.enabled:
+            return False
         if self.is_shadow(request.request_id):
             return False  # shadows never decode
         if request.sampling_params is None or request.use_structured_output:

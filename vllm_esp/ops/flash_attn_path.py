@@ -10,8 +10,8 @@ are exactly what it computes, batched over all segments of a call:
   after its rows that see nothing, the segment is a bottom-right causal block over the
   shard's contiguous keys (``cu_seqlens_k``).
 
-Everything else (weighted stripes) goes to the Triton kernel (``triton_kernels``), which takes
-any staircase. The kernel is looked up lazily: vLLM's bundled ``vllm.vllm_flash_attn`` (with
+Everything else (weighted stripes, and float32 models: flash-attn computes in half precision
+only) goes to the Triton kernel (``triton_kernels``), which takes any staircase. The kernel is looked up lazily: vLLM's bundled ``vllm.vllm_flash_attn`` (with
 vLLM's FA version choice), then the ``flash_attn`` package; a missing or broken package only
 makes ``available()`` false. Tests stand a torch implementation of flash-attn's documented
 semantics in for the kernel (``set_override``) to check the packing logic on the CPU.
@@ -111,6 +111,8 @@ def _step_plan(segs: KeySegments, name: str, build):
 def ragged_attention_flash(q, k, v, segs: KeySegments, scale: float, fallback: Callable):
     """Diagonal ring-hop segments through flash-attn (bottom-right causal over the shard's
     keys); the rest through ``fallback`` (the Triton kernel). Packing is built once per step."""
+    if q.dtype == torch.float32:  # flash-attn computes in half precision only
+        return fallback(q, k, v, segs, scale)
     out, lse = _empty(q)
     fn = get_varlen_func()
 
@@ -151,6 +153,8 @@ def paged_attention_flash(q, kv_cache, layout, segs: KeySegments, scale: float,
                           fallback: Callable):
     """``full`` and ``causal`` paged segments through flash-attn (one call each, keys read in
     place through the block table); any other segment through ``fallback``."""
+    if q.dtype == torch.float32:  # flash-attn computes in half precision only
+        return fallback(q, kv_cache, layout, segs, scale)
     out, lse = _empty(q)
     fn = get_varlen_func()
     kc, vc = layout.kv_views(kv_cache)

@@ -6,11 +6,15 @@ layouts (``NhdPagedKV``, vLLM's ``FLASH_ATTN`` cache ``FlashPagedKV``): one prog
 of ``BLOCK_M`` rows of one segment, one query head and one key split; it walks the keys up to
 the tile's largest limit in ``BLOCK_N`` steps (through the block table when paged), masks
 each row at its own limit and keeps an online softmax in float32. On a CPU it runs only under
-``TRITON_INTERPRET=1`` (the tests do, with small shapes). Importing this module never fails:
+``TRITON_INTERPRET=1`` (the tests do, with small shapes; the interpreter's half-precision
+``tl.dot`` returns garbage, so there the kernel computes in float32, and its native bf16/fp16
+products run only on a GPU: ``benchmarks/gpu_check.py``). Importing this module never fails:
 without Triton, ``AVAILABLE`` is False and the wrappers raise.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ except Exception:  # pragma: no cover - depends on the environment
 __all__ = ["AVAILABLE", "ragged_attention_triton", "paged_attention_triton",
            "merge_partials_triton"]
 
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK_M = 16  # query rows per program
 BLOCK_N = 32  # keys per inner step
 SPLIT_KEYS = 2048  # a tile whose keys exceed this is split along the keys (then merged)
@@ -40,7 +45,7 @@ if AVAILABLE:
         scale, keys_per_split, group,
         s_qt, s_qh, s_kb, s_kt, s_kh, s_bt, s_os, s_ot, s_oh, s_ls, s_lh,
         PAGED: tl.constexpr, BLOCK_SIZE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
     ):
         t = tl.program_id(0)
         h = tl.program_id(1)
@@ -56,8 +61,11 @@ if AVAILABLE:
         k_hi = tl.minimum(tl.max(lim, axis=0), k_lo + keys_per_split)
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < HEAD_DIM
+        # inputs stay in the model's dtype (fp32 products: IEEE, not tf32); accumulate in fp32
         q = tl.load(q_ptr + offs_m[:, None] * s_qt + h * s_qh + offs_d[None, :],
-                    mask=mmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                    mask=mmask[:, None] & dmask[None, :], other=0.0)
+        if IEEE:
+            q = q.to(tl.float32)
         m_i = tl.full([BM], float("-inf"), tl.float32)
         l_i = tl.zeros([BM], tl.float32)
         acc = tl.zeros([BM, BLOCK_D], tl.float32)
@@ -73,9 +81,15 @@ if AVAILABLE:
                 rows = (kbase + offs_n.to(tl.int64)) * s_kt
             ptrs = rows[:, None] + kvh * s_kh + offs_d[None, :]
             kvm = nmask[:, None] & dmask[None, :]
-            kt = tl.load(k_ptr + ptrs, mask=kvm, other=0.0).to(tl.float32)
-            vt = tl.load(v_ptr + ptrs, mask=kvm, other=0.0).to(tl.float32)
-            s = tl.dot(q, tl.trans(kt)) * scale
+            kt = tl.load(k_ptr + ptrs, mask=kvm, other=0.0)
+            vt = tl.load(v_ptr + ptrs, mask=kvm, other=0.0)
+            if IEEE:
+                kt = kt.to(tl.float32)
+                vt = vt.to(tl.float32)
+            if IEEE:
+                s = tl.dot(q, tl.trans(kt), input_precision="ieee") * scale
+            else:
+                s = tl.dot(q, tl.trans(kt)) * scale
             vis = (offs_n[None, :] < lim[:, None]) & nmask[None, :]
             s = tl.where(vis, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -83,7 +97,11 @@ if AVAILABLE:
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p, vt)
+            if IEEE:
+                pv = tl.dot(p, vt, input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(vt.dtype), vt)
+            acc = acc * alpha[:, None] + pv
             m_i = m_new
         has = l_i > 0
         den = tl.where(has, l_i, 1.0)
@@ -170,6 +188,8 @@ def _launch(q, k, v, segs, scale, paged: bool, block_size: int, strides, bt):
             out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
             PAGED=paged, BLOCK_SIZE=block_size, BM=BLOCK_M, BN=BLOCK_N, HEAD_DIM=d,
             BLOCK_D=max(16, triton.next_power_of_2(d)),
+            # the interpreter's half-precision dot is broken (garbage): upcast there
+            IEEE=q.dtype == torch.float32 or _INTERPRETED,
         )
     if splits == 1:
         return out[0], lse[0]

@@ -75,6 +75,20 @@ def _cpu_token_maps(block_size: int, head_dim: int, dtype: torch.dtype):
                              dtype)
 
 
+def _flash_token_maps(block_size: int, head_dim: int, dtype: torch.dtype):
+    """Per-token K/V offsets inside a slab of vLLM's FLASH_ATTN cache (``[num_blocks, Hkv,
+    block_size, 2 * D]``: token t's K at ``[t, :D]``, its V at ``[t, D:]``)."""
+    t = torch.arange(block_size).view(-1, 1) * 2 * head_dim
+    d = torch.arange(head_dim).view(1, -1)
+    return t + d, t + head_dim + d
+
+
+def token_maps_for(kv_cache: torch.Tensor):
+    """The K/V offset maps of the cache a worker registered: CPU_ATTN's probed layout on the
+    CPU, FLASH_ATTN's on a GPU."""
+    return _cpu_token_maps if kv_cache.device.type == "cpu" else _flash_token_maps
+
+
 class SwapConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: "VllmConfig", role: KVConnectorRole,
                  kv_cache_config: "KVCacheConfig | None" = None):
@@ -153,7 +167,9 @@ class SwapConnector(KVConnectorBase_V1):
     # ------------------------------------------------------------------- worker side ------
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         self._kv_caches = dict(kv_caches)
-        self.store = HostKVStore(quantize=self.quantize, token_maps=_cpu_token_maps)
+        first = next(iter(kv_caches.values()), None)
+        maps = token_maps_for(first) if first is not None else _cpu_token_maps
+        self.store = HostKVStore(quantize=self.quantize, token_maps=maps)
 
     def handle_preemptions(self, kv_connector_metadata: KVConnectorMetadata) -> None:
         assert isinstance(kv_connector_metadata, SwapMetadata)

@@ -6,6 +6,9 @@ them into whatever blocks the request is given when it resumes. On the CPU platf
 cache already lives in host RAM, so a swap is a memcpy out of the pool into a private buffer —
 what matters is that the pool blocks become free and the data survives their reuse.
 
+On a GPU the store's copies are in pinned host memory (``_to_host``): the blocks leave the
+device, which is the point of swapping; they come back with one host-to-device copy.
+
 Layout: vLLM's CPU cache per layer is ``[num_blocks, num_kv_heads, block_size, 2*head_dim]`` and
 the element order inside a (block, head) slab depends on the kernel ISA. Raw swaps copy whole
 slabs (layout-agnostic, exact). Quantized swaps need to know which slab offsets hold token t's
@@ -32,6 +35,15 @@ class SwappedKV:
     quantized: bool
     layers: dict  # layer name -> (slabs,) raw, or (qk, sk, qv, sv) quantized
     nbytes: int  # host bytes held
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A host copy of ``t`` (pinned when it comes from a GPU, so the copy back is fast)."""
+    if t.device.type == "cpu":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t)
+    return host
 
 
 def _nbytes(tensors) -> int:
@@ -77,14 +89,15 @@ class HostKVStore:
         layers, total = {}, 0
         for name, kv in kv_caches.items():
             nb, h, bs, d = self._check(kv)
-            slabs = kv.view(nb, h, bs * 2 * d)[ids]  # advanced indexing copies
+            slabs = kv.view(nb, h, bs * 2 * d)[ids.to(kv.device)]  # advanced indexing copies
             if quantize:
-                k_idx, v_idx = self.token_maps(bs, d, kv.dtype)
+                k_idx, v_idx = (m.to(kv.device) for m in self.token_maps(bs, d, kv.dtype))
                 k = slabs[..., k_idx.reshape(-1)].view(len(block_ids), h, bs, d)
                 v = slabs[..., v_idx.reshape(-1)].view(len(block_ids), h, bs, d)
                 entry = (*quantize_int8(k), *quantize_int8(v))
             else:
                 entry = (slabs,)
+            entry = tuple(_to_host(t) for t in entry)
             layers[name] = entry
             total += _nbytes(entry)
         if self.capacity_bytes is not None and self.nbytes + total > self.capacity_bytes:
@@ -109,15 +122,15 @@ class HostKVStore:
             raise ValueError(
                 f"swap_in of blocks [{first_block}, {first_block + len(block_ids)}) but "
                 f"{entry.num_blocks} stored for {req_id!r}")
-        ids = torch.as_tensor(block_ids, dtype=torch.long)
         sel = slice(first_block, first_block + len(block_ids))
         for name, kv in kv_caches.items():
             nb, h, bs, d = self._check(kv)
+            ids = torch.as_tensor(block_ids, dtype=torch.long, device=kv.device)
             flat = kv.view(nb, h, bs * 2 * d)
-            stored = entry.layers[name]
+            stored = [t.to(kv.device, non_blocking=True) for t in entry.layers[name]]
             if entry.quantized:
                 qk, sk, qv, sv = stored
-                k_idx, v_idx = self.token_maps(bs, d, kv.dtype)
+                k_idx, v_idx = (m.to(kv.device) for m in self.token_maps(bs, d, kv.dtype))
                 slabs = flat[ids]
                 k = dequantize_int8(qk[sel], sk[sel], kv.dtype).view(len(block_ids), h, bs * d)
                 v = dequantize_int8(qv[sel], sv[sel], kv.dtype).view(len(block_ids), h, bs * d)

@@ -35,7 +35,7 @@ _CHAT_TEMPLATE = (
 class TinyModelSpec:
     """Shape of a tiny test model. Field names follow HF config keys."""
 
-    arch: str = "llama"  # llama | qwen2 | mistral
+    arch: str = "llama"  # llama | qwen2 | mistral | gemma2
     hidden_size: int = 128
     intermediate_size: int = 256
     num_hidden_layers: int = 2
@@ -102,7 +102,14 @@ def _hf_config(spec: TinyModelSpec, bos_id: int, eos_id: int):
         return transformers.Qwen2Config(**common)
     if spec.arch == "mistral":
         return transformers.MistralConfig(head_dim=spec.head_dim, sliding_window=None, **common)
-    raise ValueError(f"unknown tiny model arch {spec.arch!r}; use llama, qwen2 or mistral")
+    if spec.arch == "gemma2":  # sliding-window and full layers (two KV-cache groups), soft-caps
+        common["tie_word_embeddings"] = True  # vLLM's Gemma2 has no separate lm_head
+        return transformers.Gemma2Config(head_dim=spec.head_dim, sliding_window=4096,
+                                         attn_logit_softcapping=50.0,
+                                         final_logit_softcapping=30.0,
+                                         query_pre_attn_scalar=spec.head_dim, **common)
+    raise ValueError(f"unknown tiny model arch {spec.arch!r}; use llama, qwen2, mistral or "
+                     f"gemma2")
 
 
 def make_tiny_model(path: str | os.PathLike | None = None, spec: TinyModelSpec | None = None) -> str:

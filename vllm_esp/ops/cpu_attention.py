@@ -132,14 +132,78 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, layout, segs: KeySe
     ``kv_cache`` (read through ``layout``, an ``ops.kv_cache`` layout)."""
     out, lse = _empty(q, q.shape[0])
     views = layout.block_views(kv_cache)
+    short = _short_decodes(segs, layout.block_size)
+    if short:
+        _batched_decodes(q, kv_cache, layout, segs, short, scale, out, lse)
     for i, s in enumerate(segs):
-        if not s.num_keys or not s.num_rows:
+        if not s.num_keys or not s.num_rows or i in short:
             continue
         if s.num_rows <= FEW_ROWS and views is not None:
             _few_rows(q, views, s, scale, out, lse)
         else:
             _paged_segment(q, kv_cache, layout, segs.block_ids(i), s, scale, out, lse)
     return out, lse
+
+
+SHORT_BLOCKS = 16  # one-row segments of at most this many blocks are batched together
+
+
+def _short_decodes(segs: KeySegments, bs: int) -> list[int]:
+    """One-row segments short enough to batch (their K/V are gathered together)."""
+    key = ("short", bs)
+    if key not in segs._cache:
+        segs._cache[key] = [i for i, s in enumerate(segs)
+                            if s.num_rows == 1 and 0 < s.num_keys <= SHORT_BLOCKS * bs]
+    return segs._cache[key]
+
+
+def _batched_decodes(q, kv_cache, layout, segs: KeySegments, which: list[int], scale, out,
+                     lse) -> None:
+    """Short one-row segments in one go, without padding: all their blocks in one list (each
+    tagged with its segment), gathered ``DECODE_TILE_TOKENS`` keys at a time, scores by one
+    matmul per piece, and the softmax reduced per segment with scatter/index-add (merged
+    online across pieces)."""
+    bs, dev = layout.block_size, q.device
+    key = ("batched", bs)
+    if key not in segs._cache:
+        ids, owner, first = [], [], []
+        for j, i in enumerate(which):
+            s = segs.segments[i]
+            n = -(-s.num_keys // bs)
+            ids += s.block_ids[:n]
+            owner += [j] * n
+            first += [b * bs for b in range(n)]
+        per = max(1, DECODE_TILE_TOKENS // bs)
+        pieces = [(torch.tensor(ids[a:a + per], device=dev),
+                   torch.tensor(owner[a:a + per], device=dev),
+                   torch.tensor(first[a:a + per], device=dev).view(-1, 1, 1, 1)
+                   + torch.arange(bs, device=dev).view(1, 1, 1, bs))
+                  for a in range(0, len(ids), per)]
+        rows = torch.tensor([segs.segments[i].q_start for i in which], device=dev)
+        lens = torch.tensor([segs.segments[i].num_keys for i in which], device=dev)
+        segs._cache[key] = (rows, lens, pieces)
+    rows, lens, pieces = segs._cache[key]
+    r, hq, d = len(which), q.shape[1], q.shape[2]
+    hkv = layout.num_kv_heads
+    g = hq // hkv
+    qg = q[rows].float().view(r, hkv, g, d)
+    m = torch.full((r, hkv, g), float("-inf"), device=dev)
+    den = torch.zeros(r, hkv, g, device=dev)
+    acc = torch.zeros(r, hkv, g, d, device=dev)
+    for ids, owner, tok in pieces:
+        k, v = layout.gather_blocks(kv_cache, ids)  # [nb, Hkv, bs, D]
+        sc = torch.matmul(qg[owner], k.float().transpose(-1, -2)).mul_(scale)  # [nb, Hkv, g, bs]
+        sc.masked_fill_(tok >= lens[owner].view(-1, 1, 1, 1), float("-inf"))
+        m_new = m.scatter_reduce(0, owner.view(-1, 1, 1).expand(-1, hkv, g), sc.amax(dim=-1),
+                                 "amax")
+        m_safe = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+        alpha = torch.exp(m - m_safe)
+        p = torch.exp(sc - m_safe[owner].unsqueeze(-1))
+        den = (den * alpha).index_add_(0, owner, p.sum(dim=-1))
+        acc = (acc * alpha.unsqueeze(-1)).index_add_(0, owner, torch.matmul(p, v.float()))
+        m = m_new
+    out[rows] = (acc / den.unsqueeze(-1)).reshape(r, hq, d)
+    lse[:, rows] = (m + torch.log(den)).reshape(r, hq).transpose(0, 1)
 
 
 def _paged_segment(q, kv_cache, layout, blocks: torch.Tensor, s: Segment, scale, out,
@@ -202,7 +266,7 @@ def _few_rows(q, views, s: Segment, scale, out, lse) -> None:
             kt, vt = k_all[sl], v_all[sl]
         else:
             idx = torch.tensor([ids[j] for j in which])
-            kt, vt = k_all[idx], v_all[idx]
+            kt, vt = torch.index_select(k_all, 0, idx), torch.index_select(v_all, 0, idx)
         sc = torch.matmul(qg.unsqueeze(0), kt.float().transpose(-1, -2)).mul_(scale)
         first = torch.tensor(which).view(-1, 1, 1, 1) * bs
         tok = first + torch.arange(bs).view(1, 1, 1, bs)

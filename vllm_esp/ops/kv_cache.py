@@ -94,10 +94,15 @@ class CpuPagedKV(_PagedKV):
         ``[D, bs]`` and V ``[bs, D]`` — this is a strided view plus one block gather; other
         ISAs fall back to an element gather through the probed index map.
         """
-        views = self.block_views(kv_cache)
-        if views is not None:
-            return views[0][block_ids.long()], views[1][block_ids.long()]
         nb, h, bs, d2 = kv_cache.shape
+        ids = block_ids.long()
+        if _affine_maps(self.isa, bs, self.head_dim, self.dtype) is not None:
+            # whole slabs (a plain row gather: fast), then the strided K/V views of the copy
+            sel = torch.index_select(kv_cache, 0, ids.reshape(-1))  # (6x faster than [ids])
+            k, v = self.block_views(sel)
+            lead = tuple(ids.shape)
+            return (k.reshape(*lead, h, bs, self.head_dim),
+                    v.reshape(*lead, h, bs, self.head_dim))
         d = self.head_dim
         slabs = kv_cache.view(nb, h, bs * d2)
         k_idx, v_idx = _probe_cpu_layout(self.isa, bs, d, self.dtype)
@@ -214,8 +219,14 @@ class _DevicePagedKV(_PagedKV):
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks ``block_ids [..., n]`` -> ``(k, v)`` each ``[..., n, Hkv, block_size, D]``."""
         kc, vc = self._split(kv_cache)
-        return (kc[block_ids.long()].transpose(-3, -2),  # from [..., n, bs, H, D]
-                vc[block_ids.long()].transpose(-3, -2))
+        ids = block_ids.long()
+        lead = tuple(ids.shape)
+
+        def take(x):  # index_select: a plain row gather (advanced indexing is ~6x slower)
+            sel = torch.index_select(x, 0, ids.reshape(-1))
+            return sel.reshape(*lead, *x.shape[1:]).transpose(-3, -2)  # from [..., n, bs, H, D]
+
+        return take(kc), take(vc)
 
     def block_views(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kc, vc = self._split(kv_cache)

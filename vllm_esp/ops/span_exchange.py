@@ -46,10 +46,10 @@ def span_layer(step: SpanStep, comm, kernels: SpanKernels, layout, kv_cache: tor
 
     parts = []
     if step.num_asked:
-        parts.append(kernels.paged(query, kv_cache, layout, step.local, scale))
+        q_asked = query[step.asked_rows]
+        parts.append(kernels.paged(q_asked, kv_cache, layout, step.local, scale))
         if len(step.own_earlier):
-            parts.append(kernels.paged(query, kv_cache, layout, step.own_earlier, scale))
-        parts = [(o[step.asked_rows], l[:, step.asked_rows]) for o, l in parts]
+            parts.append(kernels.paged(q_asked, kv_cache, layout, step.own_earlier, scale))
 
     replies = {}
     if pend_q is not None:

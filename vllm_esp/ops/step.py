@@ -57,7 +57,7 @@ class SpanStep:
 
     asked_rows: torch.Tensor | slice  # rows of every asked request, in plan order
     num_asked: int
-    local: KeySegments  # asked rows vs the local chunk (paged, causal), on forward rows
+    local: KeySegments  # asked rows vs the local chunk (paged, causal); rows of asked_rows
     own_earlier: KeySegments  # asked rows vs earlier chunks held here (paged, full)
     q_send: dict[int, torch.Tensor | slice]  # peer -> forward rows whose queries go to it
     # (peer, n): the n-th chunk of a request held on that peer (almost always n = 0) ->
@@ -137,13 +137,14 @@ def _span_step(plan: ESPStepPlan, me: int, rows, device) -> SpanStep:
     local, own, send, part_rows = [], [], {}, {}
     sent: dict[int, int] = {}  # peer -> query rows sent to it so far
     for s, (a, b), off in zip(asked, ranges, offsets):
-        local.append(keys.causal(a, b - a, s.local_len, block_ids=s.local_block_ids)
+        at = int(off)  # segments index the asked rows (gathered once per layer)
+        local.append(keys.causal(at, b - a, s.local_len, block_ids=s.local_block_ids)
                      if s.local_len >= b - a else  # (no local keys: only a test builds that)
-                     keys.full(a, b - a, s.local_len, block_ids=s.local_block_ids))
+                     keys.full(at, b - a, s.local_len, block_ids=s.local_block_ids))
         seen: dict[int, int] = {}
         for p in s.peers:
             if p.instance == me:  # an earlier chunk here (a decode that came back): local
-                own.append(keys.full(a, b - a, p.num_tokens, block_ids=p.block_ids))
+                own.append(keys.full(at, b - a, p.num_tokens, block_ids=p.block_ids))
                 continue
             send.setdefault(p.instance, []).append((a, b))
             n = seen.get(p.instance, 0)

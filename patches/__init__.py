@@ -31,6 +31,10 @@ PATCH_MODULES = (
     "vllm_esp_patches.worker_names",
     # VLLM_ESP_* variables: vLLM warns about VLLM_* names it does not know.
     "vllm_esp_patches.env_vars",
+    # Per-request ESP hints (vllm_xargs) are checked with vLLM's sampling parameters: a 400.
+    "vllm_esp_patches.validate_hints",
+    # ... and by the API server before a (streaming) response starts: a 400, not an event.
+    "vllm_esp_patches.hint_errors_api",
 )
 
 # Applied only when their feature is used (they import optional packages), by that feature.

@@ -25,7 +25,12 @@ def _install(engine_args_cls) -> None:
     def create_engine_config(self, *args, **kwargs):
         fields = {f.name: getattr(self, f.name, None) for f in dataclasses.fields(self)}
         options.check_engine_fields(fields)
-        return original(self, *args, **kwargs)
+        config = original(self, *args, **kwargs)
+        if options.uses_esp(fields):
+            from vllm_esp.integration.capacity import check_pooled_capacity
+
+            check_pooled_capacity(config)  # max_model_len vs the pools, when known up front
+        return config
 
     create_engine_config.__wrapped__ = original
     engine_args_cls.create_engine_config = create_engine_config

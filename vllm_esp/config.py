@@ -64,6 +64,10 @@ class ESPConfig:
     # requests continues on the least loaded holder of its KV when its next token needs a
     # new block (LoongServe's mini-batch per master); 0 = masters change only by scale-up
     decode_minibatch: int = 16
+    # every instance steps in lockstep with the others (each engine step waits for all of
+    # them); False (default) = each instance, or group of instances linked by spread
+    # requests, starts its next step as soon as its own ends (LoongServe's macro-iterations)
+    lockstep: bool = False
 
     def __post_init__(self):
         if not isinstance(self.instances, int) or self.instances < 1:

@@ -116,6 +116,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def uses_esp(fields: dict[str, Any]) -> bool:
+    """Do these EngineArgs fields select the ESP executor?"""
+    return _qualname(fields.get("distributed_executor_backend")) in ("esp", EXECUTOR_QUALNAME)
+
+
 def check_engine_fields(fields: dict[str, Any]) -> None:
     """ValueError (one line) for ESP options in EngineArgs fields that cannot start.
 

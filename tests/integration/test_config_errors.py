@@ -22,6 +22,9 @@ def _children() -> set[int]:
               "additional_config": {"esp": {"instances": 2, "policy": "lifo"}}}, "--esp-policy"),
     ("vllm", {"distributed_executor_backend": "esp",
               "additional_config": {"esp": {"instancs": 2}}}, "unknown ESP option"),
+    # max_model_len above the sum of the pools (2 x 2 MiB; 1 KiB per token in float32)
+    ("esp", {"executor": "esp", "esp_instances": 2, "max_model_len": 8192,
+             "kv_cache_memory_bytes": 2 << 20}, "--max-model-len 8,192 needs 8.0 MiB"),
 ])
 def test_llm_config_errors_are_one_value_error_before_any_process(tiny_models, route, kwargs,
                                                                    message):

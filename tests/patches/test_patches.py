@@ -97,7 +97,8 @@ def test_cli_executor_esp_folds_into_engine_args():
     assert ea.additional_config["esp"] == {"instances": 3, "tp": 1, "policy": "fcfs",
                                            "parallel_prefill": True, "ring_prefill": True,
                                            "batch_rings": True, "instance_backend": "mp",
-                                           "decode_minibatch": 16, "admission": "vllm"}
+                                           "decode_minibatch": 16, "admission": "vllm",
+                                           "lockstep": False}
 
 
 def test_cli_instance_backend_flag():
@@ -225,7 +226,8 @@ def test_policy_flags_map_to_the_length_aware_scheduler():
                                               "predictor": "online", "aging_rate": 0.5,
                                               "parallel_prefill": True, "ring_prefill": True,
                                               "batch_rings": True, "instance_backend": "mp",
-                                              "decode_minibatch": 16, "admission": "vllm"}
+                                              "decode_minibatch": 16, "admission": "vllm",
+                                           "lockstep": False}
     # without --executor esp the policy applies to stock vLLM's single scheduler
     kw = apply_to_kwargs({"esp_policy": "sjf", "esp_predictor": "oracle"})
     assert kw["scheduler_cls"] == "vllm_esp.scheduling.AliseScheduler"
@@ -285,3 +287,61 @@ def test_esp_environment_variables_are_known_to_vllm():
     vllm_esp_patches.apply_all()
     for name in ("VLLM_ESP_DEBUG_PLAN", "VLLM_ESP_CPU_OVERSUBSCRIBE", "VLLM_ESP_INSTANCE"):
         assert name in vllm.envs.environment_variables
+
+
+def _esp_config(instances=2, backend="vllm_esp.integration.executor.ESPExecutor"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        parallel_config=SimpleNamespace(distributed_executor_backend=backend,
+                                        tensor_parallel_size=1),
+        additional_config={"esp": {"instances": instances}})
+
+
+def test_hints_are_checked_with_vllms_sampling_parameters():
+    """validate_hints: a bad hint raises vLLM's validation error (a 400), also a ValueError.
+    (The wrapper is installed on a stand-in of InputProcessor whose own check passes.)"""
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    from vllm_esp_patches import validate_hints
+
+    class Processor:
+        def _validate_params(self, params, *args, **kwargs):
+            return None
+
+    validate_hints._install(Processor)
+    proc = Processor()
+    proc.vllm_config = _esp_config()
+    for bad in ({"esp_instances": 3}, {"esp_instances": "2"}, {"esp_prefill_instances": 0}):
+        with pytest.raises(VLLMValidationError, match="must be an integer from 1 to 2") as e:
+            proc._validate_params(SamplingParams(extra_args=bad), ())
+        assert isinstance(e.value, ValueError)
+    proc._validate_params(SamplingParams(extra_args={"esp_instances": 2}), ())
+    proc.vllm_config = _esp_config(backend="mp")  # a stock engine: hints mean nothing
+    proc._validate_params(SamplingParams(extra_args={"esp_instances": 9}), ())
+
+
+def test_bad_hints_are_a_400_before_a_response_starts():
+    """hint_errors_api: the serving layer's first check returns vLLM's 400 error response
+    (installed on a stand-in whose model check passes)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from vllm.entrypoints.serve.engine.serving import BaseServing
+
+    from vllm_esp_patches import hint_errors_api
+
+    class Serving:
+        create_error_response = staticmethod(BaseServing.create_error_response)
+
+        async def _check_model(self, request):
+            return None
+
+    hint_errors_api._install(Serving)
+    serving = Serving()
+    serving.engine_client = SimpleNamespace(vllm_config=_esp_config())
+    bad = asyncio.run(serving._check_model(SimpleNamespace(vllm_xargs={"esp_instances": 0})))
+    assert bad.error.code == 400 and "esp_instances must be an integer" in bad.error.message
+    ok = asyncio.run(serving._check_model(SimpleNamespace(vllm_xargs={"esp_instances": 2})))
+    assert ok is None

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -27,8 +29,11 @@ from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 
 from vllm_esp import envs
 from vllm_esp.config import ESPConfig, SCHEDULER_QUALNAME, check_worker_limit
-from vllm_esp.integration import cpu_binding, gpu_placement, ray_instances
+from vllm_esp.integration import cpu_binding, gpu_placement, instance_health, ray_instances
+from vllm_esp.integration.instance_steps import InstanceSteps
 from vllm_esp.integration.outputs import (
+    LOST_STEP,
+    NOT_DONE,
     ESPSchedulerOutput,
     merge_model_runner_outputs,
     split_grammar_output,
@@ -75,8 +80,10 @@ class ESPExecutor(Executor):
     def _init_executor(self) -> None:
         self.is_failed = False
         self._failure_callback: Callable[[], None] | None = None
+        self.health = instance_health.for_config(self.vllm_config, self.esp.instances)
         self._pending: list[Any] | None = None
         self.instances: list[MultiprocExecutor] = []
+        self.steps = InstanceSteps(self.instances, self.health, self.esp.lockstep)
         binds = cpu_binding.per_instance(self.esp) if _on_cpu() else [None] * self.esp.instances
         self.placements = None if _on_cpu() or self.esp.instance_backend == "ray" else \
             gpu_placement.place_instances(self.esp.instances, self.esp.tp,
@@ -125,7 +132,7 @@ class ESPExecutor(Executor):
                 group = ray_instances.start(config, index, env)
             else:
                 group = MultiprocExecutor(config)
-        group.register_failure_callback(self._on_instance_failure)
+        group.register_failure_callback(functools.partial(self._on_instance_failure, index))
         return group
 
     def _init_esp_communicator(self) -> None:
@@ -154,12 +161,28 @@ class ESPExecutor(Executor):
 
     # ---- the step -------------------------------------------------------------------
     def execute_model(self, scheduler_output, non_block: bool = False):
-        per_instance = self._split(scheduler_output)
-        futures = [inst.execute_model(so, non_block=True)
-                   for inst, so in zip(self.instances, per_instance)]
+        if not isinstance(scheduler_output, ESPSchedulerOutput) or not scheduler_output.launch:
+            return self._execute_plain(scheduler_output, non_block)
+        for i, go in enumerate(scheduler_output.launch):
+            if go and self.health.is_alive(i):
+                self.steps.launch(i, scheduler_output.per_instance[i],
+                                  scheduler_output.grammars[i])
 
         def collect():
-            results = [f.result() for f in futures]
+            done = self.steps.collect()
+            return merge_model_runner_outputs([done.get(i, NOT_DONE)
+                                               for i in range(len(self.instances))])
+
+        return _deferred(collect) if non_block else collect()
+
+    def _execute_plain(self, scheduler_output, non_block: bool):
+        """A plain vLLM step (one instance under another scheduler): vLLM's two calls, the
+        second from EngineCore through ``sample_tokens``."""
+        per_instance = self._split(scheduler_output)
+        futures = [self._submit(i, "execute_model", so) for i, so in enumerate(per_instance)]
+
+        def collect():
+            results = [self._result(i, f) for i, f in enumerate(futures)]
             if any(r is None for r in results):
                 self._pending = results  # sampling follows in sample_tokens()
                 return None
@@ -173,16 +196,42 @@ class ESPExecutor(Executor):
             raise RuntimeError("sample_tokens() without a pending execute_model()")
         per_instance = self._last_split
         grammars = split_grammar_output(grammar_output, per_instance)
-        futures = [
-            inst.sample_tokens(g, non_block=True) if r is None else None
-            for inst, g, r in zip(self.instances, grammars, pending)
-        ]
+        futures = [self._submit(i, "sample_tokens", g) if r is None else None
+                   for i, (g, r) in enumerate(zip(grammars, pending))]
 
         def collect():
-            outs = [f.result() if f is not None else r for f, r in zip(futures, pending)]
+            outs = [self._result(i, f) if f is not None else r
+                    for i, (f, r) in enumerate(zip(futures, pending))]
             return merge_model_runner_outputs(outs)
 
         return _deferred(collect) if non_block else collect()
+
+    def _submit(self, index: int, method: str, arg):
+        """One instance's part of a step (none for a dead instance)."""
+        if not self.health.is_alive(index):
+            return None
+        try:
+            return getattr(self.instances[index], method)(arg, non_block=True)
+        except Exception:  # noqa: BLE001 - it died between the check and the call
+            if self.health.is_alive(index):
+                raise
+            return None
+
+    def _result(self, index: int, future):
+        """One instance's output of the step. An instance that died, or whose step failed
+        because a peer died in the middle of a span exchange, reports ``LOST_STEP``: the
+        scheduler recomputes what that step was computing."""
+        if future is None:
+            return LOST_STEP
+        try:
+            return future.result()
+        except Exception:
+            time.sleep(0.2)  # let vLLM's monitor notice a dead worker first
+            if self.health.num_alive == self.esp.instances:
+                raise  # nobody died: a real error
+            logger.warning("ESP instance %d lost its step (an instance died during it); its "
+                           "requests are recomputed", index)
+            return LOST_STEP
 
     def _split(self, scheduler_output) -> list:
         if isinstance(scheduler_output, ESPSchedulerOutput):
@@ -204,9 +253,10 @@ class ESPExecutor(Executor):
 
         With ``unique_reply_rank`` the caller wants one answer: instance 0's.
         """
+        self.steps.drain()  # one caller per instance's queues at a time
         futures = [inst.collective_rpc(method, timeout=timeout, args=args, kwargs=kwargs,
                                        non_block=True, unique_reply_rank=unique_reply_rank)
-                   for inst in self.instances]
+                   for i, inst in enumerate(self.instances) if self.health.is_alive(i)]
 
         def collect():
             results = [f.result() for f in futures]
@@ -240,8 +290,12 @@ class ESPExecutor(Executor):
         return None  # speculative decoding is refused at start-up
 
     def check_health(self) -> None:
-        for inst in self.instances:
-            inst.check_health()
+        """Healthy while one instance lives (degraded with fewer: see instance_health)."""
+        if self.health.num_alive == 0:
+            raise RuntimeError("every ESP instance has failed")
+        for i, inst in enumerate(self.instances):
+            if self.health.is_alive(i):
+                inst.check_health()
 
     def register_failure_callback(self, callback) -> None:
         if self.is_failed:
@@ -249,10 +303,17 @@ class ESPExecutor(Executor):
         else:
             self._failure_callback = callback
 
-    def _on_instance_failure(self) -> None:
-        """One instance died: the engine cannot serve its requests, fail the whole engine."""
+    def _on_instance_failure(self, index: int) -> None:
+        """One instance's worker died; vLLM stopped that instance's other workers. The engine
+        keeps serving on the others; only the loss of the last one fails it."""
+        if not self.health.mark_dead(index):
+            return
+        alive = self.health.num_alive
+        logger.error("ESP instance %d failed; serving on %d of %d instances", index, alive,
+                     self.esp.instances)
+        if alive:
+            return
         self.is_failed = True
-        logger.error("an ESP instance failed; shutting down all instances")
         threading.Thread(target=self.shutdown, daemon=True).start()
         callback, self._failure_callback = self._failure_callback, None
         if callback is not None:
@@ -267,8 +328,12 @@ class ESPExecutor(Executor):
                     w.death_writer.close()
                     w.death_writer = None
         _in_parallel([inst.shutdown for inst in instances], swallow=True)
+        if getattr(self, "steps", None) is not None:
+            self.steps.shutdown()
         if getattr(self, "esp", None) is not None and self.esp.instance_backend == "ray":
             ray_instances.stop()
+        if getattr(self, "vllm_config", None) is not None:
+            instance_health.forget(self.vllm_config)
 
     @classmethod
     def supports_async_scheduling(cls) -> bool:

@@ -31,6 +31,7 @@ class DistributedKVPool:
         # exactly one instance; placement() reads the blocks it holds there on demand.
         self.instance_of: dict[str, int] = {}
         self._next = 0  # where the round-robin among equally good instances starts
+        self.dead: set[int] = set()  # instances lost (instance_health): no room, no requests
 
     @property
     def num_instances(self) -> int:
@@ -40,13 +41,20 @@ class DistributedKVPool:
         return self.schedulers[instance].kv_cache_manager.block_pool
 
     def free_blocks(self, instance: int) -> int:
+        if instance in self.dead:
+            return 0
         return self._block_pool(instance).get_num_free_blocks()
+
+    def live(self) -> list[int]:
+        return [i for i in range(self.num_instances) if i not in self.dead]
 
     def total_blocks(self, instance: int) -> int:
         return self._block_pool(instance).num_gpu_blocks - 1  # minus the null block
 
     def usage(self, instance: int) -> InstanceUsage:
         total = self.total_blocks(instance)
+        if instance in self.dead:
+            return InstanceUsage(used_blocks=0, total_blocks=total)
         return InstanceUsage(used_blocks=total - self.free_blocks(instance), total_blocks=total)
 
     def usages(self) -> list[InstanceUsage]:
@@ -80,7 +88,8 @@ class DistributedKVPool:
             headroom = self.free_blocks(i) - self.pending_demand(i)
             return (-headroom, len(self.schedulers[i].requests), (i - self._next) % n)
 
-        chosen = min(among or range(n), key=key)
+        candidates = [i for i in (among or range(n)) if i not in self.dead] or self.live()
+        chosen = min(candidates, key=key)
         self._next = (chosen + 1) % n
         return chosen
 

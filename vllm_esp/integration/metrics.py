@@ -7,7 +7,8 @@ labelled by instance; cumulative numbers (requests dispatched, preemptions, byte
 scale-ups, ...) are counters, exposed with ``_total`` as vLLM's own counters are
 (``vllm_esp:num_preemptions_total``). vLLM's aggregate metrics (e.g.
 ``vllm:kv_cache_usage_perc``) keep working and show the pool-wide figure. With a stock
-executor the field is absent and this logger does nothing.
+executor only the length-prediction error is there (``--scheduler-cls`` AliseScheduler),
+else nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ _GAUGES = {
     "kv_total_blocks": ("vllm_esp:kv_cache_total_blocks", "KV blocks of one ESP instance."),
     "running": ("vllm_esp:num_requests_running", "Requests running on one ESP instance."),
     "waiting": ("vllm_esp:num_requests_waiting", "Requests waiting on one ESP instance."),
+}
+# pool-wide levels (no instance label)
+_LEVELS = {
+    "instances_alive": ("vllm_esp:instances_alive",
+                        "ESP instances serving (fewer than configured after an instance was "
+                        "lost: the engine keeps serving on the others)."),
 }
 # per-instance counters (the scheduler reports running totals)
 _COUNTERS = {
@@ -61,6 +68,15 @@ _BY_INSTANCES = {
     "decode_instances": ("vllm_esp:requests_by_decode_instances",
                          "Finished requests whose KV was on this many instances at the end."),
 }
+# length-prediction error (AliseScheduler), labelled by predictor
+_PREDICTION = {
+    "mae": ("vllm_esp:length_prediction_mae",
+            "Mean absolute error of predicted output lengths over the last finished requests "
+            "(tokens)."),
+    "spearman": ("vllm_esp:length_prediction_spearman",
+                 "Rank correlation of predicted vs actual output lengths over the last "
+                 "finished requests."),
+}
 _registered: dict[str, Gauge | Counter] = {}  # one metric per name per process (no dups)
 
 
@@ -72,6 +88,10 @@ def _metric(key: str) -> Gauge | Counter:
             (name, doc), labels, cls = _COUNTERS[key], ["instance"], Counter
         elif key in _SCALARS:
             (name, doc), labels, cls = _SCALARS[key], [], Counter
+        elif key in _LEVELS:
+            (name, doc), labels, cls = _LEVELS[key], [], Gauge
+        elif key in _PREDICTION:
+            (name, doc), labels, cls = _PREDICTION[key], ["predictor"], Gauge
         else:
             (name, doc), labels, cls = _BY_INSTANCES[key], ["instances"], Counter
         _registered[key] = cls(name, doc, labelnames=["model_name", "engine", *labels])
@@ -99,9 +119,15 @@ class ESPStatLogger(StatLoggerBase):
                     self._advance(key, (self.model_name, engine, str(instance)), value)
             elif key in _SCALARS:
                 self._advance(key, (self.model_name, engine), values)
+            elif key in _LEVELS:
+                _metric(key).labels(self.model_name, engine).set(values)
             elif key in _BY_INSTANCES:
                 for k, count in values.items():
                     self._advance(key, (self.model_name, engine, str(k)), count)
+            elif key == "prediction" and values.get("count"):
+                for name in _PREDICTION:
+                    _metric(name).labels(self.model_name, engine,
+                                         values["predictor"]).set(values[name])
 
     def _advance(self, key: str, labels: tuple, total: float) -> None:
         """Bring the counter to the scheduler's running ``total`` (a counter only goes up;

@@ -23,6 +23,10 @@ from vllm_esp.ops.plan import ESPStepPlan
 class ESPSchedulerOutput(SchedulerOutput):
     # one vLLM SchedulerOutput per instance, index = instance id
     per_instance: list[SchedulerOutput] = field(default_factory=list)
+    # instances that start a step now (the others are still running theirs, or idle)
+    launch: list[bool] = field(default_factory=list)
+    # each launched instance's grammar bitmask for its sampling (structured output), or None
+    grammars: list = field(default_factory=list)
 
 
 @dataclass
@@ -86,12 +90,34 @@ def merge_scheduler_outputs(outputs: list[SchedulerOutput]) -> ESPSchedulerOutpu
     return ESPSchedulerOutput(**merged, per_instance=list(outputs))
 
 
-def merge_model_runner_outputs(outputs: list[ModelRunnerOutput]) -> ESPModelRunnerOutput:
-    req_ids = [r for o in outputs for r in o.req_ids]
+class _LostStep:
+    """An instance's output for a step it did not complete (it died, or a peer died during a
+    span exchange): the scheduler recomputes what the step was computing."""
+
+    def __repr__(self) -> str:
+        return "LOST_STEP"
+
+
+LOST_STEP = _LostStep()
+
+
+class _NotDone:
+    """An instance's output for a tick in which its step is still running."""
+
+    def __repr__(self) -> str:
+        return "NOT_DONE"
+
+
+NOT_DONE = _NotDone()
+
+
+def merge_model_runner_outputs(outputs: list) -> ESPModelRunnerOutput:
+    done = [o for o in outputs if o is not LOST_STEP and o is not NOT_DONE]
+    req_ids = [r for o in done for r in o.req_ids]
     return ESPModelRunnerOutput(
         req_ids=req_ids,
         req_id_to_index={r: i for i, r in enumerate(req_ids)},
-        sampled_token_ids=[t for o in outputs for t in o.sampled_token_ids],
+        sampled_token_ids=[t for o in done for t in o.sampled_token_ids],
         per_instance=list(outputs),
     )
 

@@ -37,16 +37,20 @@ from vllm_esp.integration.elastic_prefill import (
     PrefillPlanner,
     load_profile,
 )
+from vllm_esp.integration import instance_health, recovery
 from vllm_esp.integration.kv_pool import DistributedKVPool
-from vllm_esp.integration.span_support import span_blockers
+from vllm_esp.integration.span_support import request_blockers, span_blockers
 from vllm_esp.integration.spanning import SpanManager
 from vllm_esp.integration.outputs import (
     ESPModelRunnerOutput,
+    LOST_STEP,
+    NOT_DONE,
     ESPSchedulerOutput,
     InstanceSchedulerOutput,
     merge_grammar_outputs,
     merge_scheduler_outputs,
 )
+from vllm_esp.ops.plan import ESPStepPlan
 from vllm_esp.planner.decode_plan import relieve_master
 
 logger = init_logger(__name__)
@@ -104,6 +108,14 @@ class ESPScheduler(SchedulerInterface):
             for s in self.instances:
                 s.use_v2_model_runner = False
         self.pool = DistributedKVPool(self.instances, block_size)
+        self.health = instance_health.for_config(vllm_config, self.esp.instances)
+        recovery.check_recovery_internals(self.instances[0])
+        # request id -> tokens it produced before it was placed again on another instance
+        # (its new runner needs them: sent with the plan when it is scheduled there)
+        self.resume_outputs: dict[str, list[int]] = {}
+        # instance -> the output of the step it is running (its result comes with a later
+        # tick: instances and groups step on their own clocks unless esp.lockstep)
+        self.in_flight: dict[int, SchedulerOutput] = {}
         logger.info("%s", pool_summary(
             [self.pool.total_blocks(i) * block_size for i in range(self.esp.instances)],
             self.esp.tp, vllm_config.model_config.max_model_len))
@@ -181,6 +193,13 @@ class ESPScheduler(SchedulerInterface):
         their chunks are queued ahead of plain requests; plain requests keep their arrival
         order on each instance (vLLM's FCFS)."""
         batch = self._admit_arrivals()
+        if not self.spans.enabled:
+            batch, whole = [], batch
+        else:
+            whole = [r for r in batch if request_blockers(r)]  # never in a ring: one instance
+            batch = [r for r in batch if not request_blockers(r)]
+        for r in whole:
+            self._dispatch(r)
         if not batch:
             return
         spare = self.spans.blocks_for_parallel_prefill()
@@ -331,6 +350,11 @@ class ESPScheduler(SchedulerInterface):
 
     # ---- the step --------------------------------------------------------------------
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        for dead in self.health.take_new_deaths():
+            logger.error("ESP: instance %d is gone; its requests are placed again on the "
+                         "%d live instances", dead, self.health.num_alive)
+            self.rejected.extend(recovery.evacuate(self, dead))
+        self.spans.busy = frozenset(self.in_flight)
         self._admit_spans()
         if self.arrivals:
             self._plan_arrivals()
@@ -338,17 +362,27 @@ class ESPScheduler(SchedulerInterface):
             self.spans.start_next_chunks()
             self._scale_up()
             self._relieve_masters()
-        outs = [s.schedule(throttle_prefills) for s in self.instances]
+        runs = self._schedulable()
+        outs = [s.schedule(throttle_prefills) if i in runs else SchedulerOutput.make_empty()
+                for i, s in enumerate(self.instances)]
         for i, out in enumerate(outs):
             if out.preempted_req_ids:
                 self.num_preemptions[i] += len(out.preempted_req_ids)
                 self._place_preempted_spans_again(out.preempted_req_ids)
         plan = self.spans.build_plan(outs) if self.spans.spans else None
+        plan = self._resume_elsewhere(outs, plan)
         # every instance's workers get the plan with their step (read by the ESP runner)
         outs = [InstanceSchedulerOutput.of(out, plan) for out in outs]
         if plan is not None:
             self._count_plan_bytes(plan)
+        launch = [i in runs and _has_work(out, plan, i) for i, out in enumerate(outs)]
+        grammars = [self.instances[i].get_grammar_bitmask(out) if go else None
+                    for i, (out, go) in enumerate(zip(outs, launch))]
+        for i, go in enumerate(launch):
+            if go:
+                self.in_flight[i] = outs[i]
         merged = merge_scheduler_outputs(outs)
+        merged.launch, merged.grammars = launch, grammars
         if envs.VLLM_ESP_DEBUG_PLAN:
             logger.info("ESP step %d plan: %s spans: %s", self._step, [
                 {"instance": i, "tokens": o.total_num_scheduled_tokens,
@@ -366,6 +400,8 @@ class ESPScheduler(SchedulerInterface):
         need = [self.spans.blocks_needed(i) for i in range(n)]
         free = [self.pool.free_blocks(i) for i in range(n)]
         for i in range(n):
+            if i in self.in_flight:
+                continue  # its decodes are mid-step
             for r in reversed(list(self.instances[i].running)):  # vLLM's victims go first
                 if need[i] <= free[i]:
                     break
@@ -392,10 +428,11 @@ class ESPScheduler(SchedulerInterface):
         if max(loads.values()) <= minibatch:
             return
         free = {i: self.pool.free_blocks(i) - self.spans.blocks_needed(i)
-                for i in range(n) if i not in self.spans.reserved}
+                for i in range(n) if i not in self.spans.reserved and i not in self.in_flight}
         for span in list(self.spans.spans.values()):
             r, src = span.request, span.master
-            if span.keep_on_master or not self.spans.can_migrate(r, src):
+            if span.keep_on_master or src in self.in_flight or \
+                    not self.spans.can_migrate(r, src):
                 continue
             dst = relieve_master(loads, src, span.holders, free, minibatch)
             if dst is None:
@@ -417,16 +454,60 @@ class ESPScheduler(SchedulerInterface):
         with the most room (a merge: the two batches now share that instance); most room,
         then the lowest id, within each kind. None when no other instance has a free block."""
         room = [(not self._decoding(k), free[k] - need[k], -k) for k in range(len(free))
-                if k != src and k not in self.spans.reserved and free[k] - need[k] >= 1]
+                if k != src and k not in self.spans.reserved and k not in self.in_flight
+                and free[k] - need[k] >= 1]
         return -max(room)[2] if room else None
+
+    def _schedulable(self) -> set[int]:
+        """Instances that start a step now: alive, not running one, and (when spread
+        requests link them to others) their whole group is free too."""
+        ready = {i for i in range(len(self.instances))
+                 if self.health.is_alive(i) and i not in self.in_flight}
+        runs = set(ready)
+        for group in self.spans.groups():
+            if not group <= ready:
+                runs -= group
+        return runs
+
+    def _resume_elsewhere(self, outs, plan: ESPStepPlan | None) -> ESPStepPlan | None:
+        """Requests placed again on another instance (their first one died) that start there
+        this step: their new runner gets the tokens they produced so far with the plan."""
+        if not self.resume_outputs:
+            return plan
+        for out in outs:
+            for new in out.scheduled_new_reqs:
+                tokens = self.resume_outputs.pop(new.req_id, None)
+                if tokens is not None:
+                    plan = plan or ESPStepPlan()
+                    plan.resume_outputs[new.req_id] = tokens
+        return plan
+
+    def place_span_again(self, view_id: str) -> None:
+        """Drop every view of a spanning request and place it again from scratch."""
+        real = self.spans.take_back(view_id)
+        if real is not None:
+            self.pool.forget(real.request_id)
+            self.pending_spans.insert(0, real)
+            self._placed_again.add(real.request_id)
+
+    def dispatch_again(self, request: Request) -> None:
+        """A request taken off an instance (lost): placed again like a new one."""
+        self._placed_again.add(request.request_id)
+        if self.spans.needs_span(request):
+            self.pending_spans.insert(0, request)
+        else:
+            self._dispatch(request)
+
+    def fits_live_pools(self, request: Request) -> bool:
+        live = [i for i in range(self.pool.num_instances) if i not in self.pool.dead]
+        need = self.pool.blocks_for(request.num_tokens + 1)
+        if not self.spans.enabled or request_blockers(request):
+            return any(need <= self.pool.total_blocks(i) for i in live)
+        return need <= sum(self.pool.total_blocks(i) for i in live)
 
     def _place_preempted_spans_again(self, preempted_ids) -> None:
         for rid in preempted_ids:
-            real = self.spans.take_back(rid)
-            if real is not None:
-                self.pool.forget(real.request_id)
-                self.pending_spans.insert(0, real)
-                self._placed_again.add(real.request_id)
+            self.place_span_again(rid)
 
     def _count_plan_bytes(self, plan) -> None:
         """Bytes the span attention of this step sends, from the plan's shapes (the workers
@@ -446,18 +527,25 @@ class ESPScheduler(SchedulerInterface):
                                                            for h in range(k - 1))
 
     def get_grammar_bitmask(self, scheduler_output: ESPSchedulerOutput):
-        return merge_grammar_outputs([
-            s.get_grammar_bitmask(so)
-            for s, so in zip(self.instances, scheduler_output.per_instance)
-        ])
+        """None: each instance's bitmask was taken when its step was scheduled (an instance
+        samples as soon as its own step is done: ``ESPSchedulerOutput.grammars``)."""
+        return None
 
     def update_from_output(self, scheduler_output: ESPSchedulerOutput,
                            model_runner_output: ESPModelRunnerOutput) -> dict[int, EngineCoreOutputs]:
         merged: dict[int, EngineCoreOutputs] = {}
         stats: list[SchedulerStats] = []
-        for s, so, out in zip(self.instances, scheduler_output.per_instance,
-                              model_runner_output.per_instance):
-            for client, eco in s.update_from_output(so, out).items():
+        for i, out in enumerate(model_runner_output.per_instance):
+            if out is NOT_DONE:
+                continue  # its step is still running: its output comes with a later tick
+            so = self.in_flight.pop(i, None)
+            if so is None:
+                continue
+            if out is LOST_STEP:  # the instance died, or a peer died during its step
+                if self.health.is_alive(i):
+                    recovery.rollback_lost_step(self, i, so)
+                continue
+            for client, eco in self.instances[i].update_from_output(so, out).items():
                 if eco.scheduler_stats is not None:
                     stats.append(eco.scheduler_stats)
                     eco.scheduler_stats = None
@@ -470,7 +558,7 @@ class ESPScheduler(SchedulerInterface):
                     self.decode_instances[self.spans.instances_of(o.request_id)] += 1
                     self.pool.forget(o.request_id)
                     self.spans.release(o.request_id)
-        self.spans.advance()
+        self.spans.advance(frozenset(self.in_flight))
         for request in self.rejected:
             request.status = RequestStatus.FINISHED_ERROR
             merged.setdefault(request.client_index, EngineCoreOutputs()).outputs.append(
@@ -499,8 +587,8 @@ class ESPScheduler(SchedulerInterface):
         return any(s.has_finished_requests() for s in self.instances)
 
     def has_requests(self) -> bool:
-        return bool(self.arrivals or self.pending_spans or self.rejected) or any(
-            s.has_requests() for s in self.instances)
+        return bool(self.arrivals or self.pending_spans or self.rejected or self.in_flight) \
+            or any(s.has_requests() for s in self.instances)
 
     def get_request_counts(self) -> tuple[int, int]:
         counts = [s.get_request_counts() for s in self.instances]
@@ -573,7 +661,22 @@ class ESPScheduler(SchedulerInterface):
             "planned_prefill_instances": dict(self.planned_prefills),
             "prefill_instances": dict(self.spans.prefill_instances),
             "decode_instances": dict(self.decode_instances),
+            "instances_alive": self.health.num_alive,
+            **self._prediction_stats(),
         }
+
+    def _prediction_stats(self) -> dict:
+        """Length-prediction error over all instances (length-aware policies only)."""
+        found = [s.prediction_stats() for s in self.instances if hasattr(s, "prediction_stats")]
+        if not found or not sum(f["count"] for f in found):
+            return {}
+        from vllm_esp.predictor.metrics import PredictionErrorTracker
+
+        union = PredictionErrorTracker(window=max(1, sum(len(f["pairs"]) for f in found)))
+        for f in found:
+            for predicted, actual in f["pairs"]:
+                union.record(predicted, int(actual))
+        return {"prediction": {"predictor": found[0]["predictor"], **union.snapshot()}}
 
     def _aggregate_stats(self, stats: list[SchedulerStats | None]) -> SchedulerStats:
         stats = [s for s in stats if s is not None]
@@ -621,3 +724,11 @@ def _merge_engine_core_outputs(merged: dict[int, EngineCoreOutputs], client: int
     if eco.finished_requests:
         base.finished_requests = (base.finished_requests or set()) | eco.finished_requests
     base.timestamp = max(base.timestamp, eco.timestamp or time.monotonic())
+
+
+def _has_work(out: SchedulerOutput, plan, instance: int) -> bool:
+    """Does this instance's step need its workers (tokens to compute, requests to drop from
+    its runner, or chunks to serve to peers)?"""
+    return bool(out.total_num_scheduled_tokens or out.finished_req_ids or out.preempted_req_ids
+                or out.free_encoder_mm_hashes or out.kv_connector_metadata is not None
+                or (plan is not None and plan.involves(instance)))

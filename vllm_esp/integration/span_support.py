@@ -12,7 +12,7 @@ feature the config check missed stops the engine loudly instead of computing wro
 
 from __future__ import annotations
 
-__all__ = ["span_blockers", "impl_blockers"]
+__all__ = ["span_blockers", "impl_blockers", "request_blockers"]
 
 
 def span_blockers(vllm_config, kv_cache_config=None) -> list[str]:
@@ -64,3 +64,21 @@ def impl_blockers(impl) -> list[str]:
 def _flag(obj, name: str) -> bool:
     value = getattr(obj, name, False)
     return bool(value() if callable(value) else value)
+
+
+def request_blockers(request) -> list[str]:
+    """What of one request the spreading cannot reproduce: such a request runs whole on one
+    instance (and is refused, with this reason, when it does not fit one)."""
+    reasons = []
+    params = request.sampling_params
+    if params is not None and params.prompt_logprobs is not None:
+        reasons.append("prompt_logprobs")  # the earlier chunks' rows are on other instances
+    if getattr(request, "lora_request", None) is not None:
+        reasons.append("a LoRA adapter")  # the helper views would run the base weights
+    if getattr(request, "mm_features", None):
+        reasons.append("multimodal inputs")
+    if getattr(request, "prompt_embeds", None) is not None:
+        reasons.append("prompt embeddings")
+    if getattr(request, "use_structured_output", False):
+        reasons.append("structured output")
+    return reasons

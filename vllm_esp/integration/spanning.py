@@ -49,6 +49,8 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.request import Request, RequestStatus
 
+from vllm_esp.hints import requested
+from vllm_esp.integration.span_support import request_blockers
 from vllm_esp.ops.plan import (
     ESPStepPlan,
     PeerChunk,
@@ -99,12 +101,9 @@ class SpanningRequest:
 def requested_instances(request: Request, key: str = "esp_instances") -> int:
     """Instances the client asked for (1 = let ESP decide). ``esp_instances``: the prompt's KV
     is spread over k instances; ``esp_prefill_instances``: k instances prefill it (a ring) and
-    the KV stays on one instance when it fits there."""
-    extra = request.sampling_params.extra_args if request.sampling_params else None
-    k = (extra or {}).get(key, 1)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"{key} must be a positive integer, got {k!r}")
-    return k
+    the KV stays on one instance when it fits there. (The API server refused bad values.)"""
+    return requested(request.sampling_params.extra_args if request.sampling_params else None,
+                     key)
 
 
 def requested_prefill_instances(request: Request) -> int:
@@ -131,6 +130,7 @@ class SpanManager:
         # request id -> holders of the pending rings the global manager let it join
         self.rings_to_join: dict[str, list[tuple[int, ...]]] = {}
         self.reserved: set[int] = set()  # instances holding a parallel prefill not yet run
+        self.busy: frozenset[int] = frozenset()  # instances running a step (set by the scheduler)
         self.spans: dict[str, SpanningRequest] = {}  # real request id -> span
         self.view_of: dict[str, tuple[str, int]] = {}  # view request id -> (real id, chunk)
         # cumulative counters for /metrics
@@ -151,6 +151,14 @@ class SpanManager:
         the client asked for it (``extra_args={"esp_instances": k}``)."""
         if not self.enabled or self.pool.num_instances < 2 or request.sampling_params is None:
             return False
+        blockers = request_blockers(request)
+        if blockers:  # served whole on one instance, as stock serves it
+            if self._outgrows_one_pool(request):
+                raise ValueError(f"request {request.request_id} has {', '.join(blockers)}, "
+                                 f"which ESP cannot compute spread over instances, and its "
+                                 f"{request.num_tokens} tokens do not fit one instance's KV "
+                                 f"pool")
+            return False
         if max(requested_instances(request), requested_prefill_instances(request),
                self.planned_prefill.get(request.request_id, 1)) > 1:
             return True
@@ -165,7 +173,8 @@ class SpanManager:
         bs = self.block_size
         n = self.pool.num_instances
         headroom = {i: self.pool.free_blocks(i) - self.pool.pending_demand(i) for i in range(n)}
-        order = sorted(among or range(n), key=lambda i: (-headroom[i], i))
+        order = sorted([i for i in (among or range(n)) if i not in self.pool.dead],
+                       key=lambda i: (-headroom[i], i))
         master, others = order[0], order[1:]
         tokens = request.num_tokens  # prompt (+ outputs of a request placed again)
         k = min(len(order), max(requested_instances(request),
@@ -301,7 +310,7 @@ class SpanManager:
         of the parallel prefills being joined; their reservation and queued chunks are
         allowed (the caller counts them in the budget)."""
         sched = self.schedulers[i]
-        return not ((i in self.reserved and not pending)
+        return i not in self.busy and not ((i in self.reserved and not pending)
                     or any(r.request_id not in pending for r in sched.kv_holding_waiting)
                     or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running))
 
@@ -610,11 +619,14 @@ class SpanManager:
         hit = self.view_of.get(rid)
         return hit is not None and hit[0] != rid
 
-    def advance(self) -> None:
+    def advance(self, busy: frozenset[int] = frozenset()) -> None:
         """Park shadows whose chunk is prefilled (scale-down) and start the next chunk; a
         keep-on-master ring is over after its prefill step: its shadows are freed and the
-        request is a plain one on the master."""
+        request is a plain one on the master. ``busy``: instances whose step is still running
+        (their spans are left alone until its output is in)."""
         for span in list(self.spans.values()):
+            if busy and busy.intersection(span.holders):
+                continue
             if span.keep_on_master and span.prefilled:
                 self.spans.pop(span.request.request_id)
                 self._finish_views(span, with_real=False)
@@ -630,6 +642,25 @@ class SpanManager:
                     span.parked[j] = True
                     self.num_scale_down += 1
         self.start_next_chunks()
+
+    def groups(self) -> list[set[int]]:
+        """Instances linked by spread requests (their steps exchange attention data): each
+        such group steps together; every other instance steps on its own."""
+        parent: dict[int, int] = {}
+
+        def root(i: int) -> int:
+            while parent.setdefault(i, i) != i:
+                i = parent[i]
+            return i
+
+        for span in self.spans.values():
+            first = root(span.holders[0])
+            for h in span.holders[1:]:
+                parent[root(h)] = first
+        found: dict[int, set[int]] = {}
+        for i in list(parent):
+            found.setdefault(root(i), set()).add(i)
+        return list(found.values())
 
     def start_next_chunks(self) -> None:
         """Sequential prefill: start the chunk after a parked one, unless its instance is

@@ -63,6 +63,10 @@ class PredictionErrorTracker:
         p, a = zip(*self._pairs)
         return rank_correlation(p, a)
 
+    def pairs(self) -> list[tuple[float, float]]:
+        """The (predicted, actual) pairs in the window."""
+        return list(self._pairs)
+
     def snapshot(self) -> dict[str, float]:
         return {"mae": self.mae(), "spearman": self.spearman(), "count": float(self.count)}
 

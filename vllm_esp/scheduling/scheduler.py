@@ -336,11 +336,21 @@ class AliseScheduler(Scheduler):
 
     # ---------------------------------------------------------------- metrics -------------
     def _maybe_publish_metrics(self, now: float) -> None:
-        if now - self._last_metrics < self.esp.metrics_interval_s:
-            return
+        """(The prediction error reaches /metrics with the scheduler stats: make_stats.)"""
         self._last_metrics = now
-        if self.prediction_error.count:
-            self.prediction_error.export_prometheus({"predictor": self.predictor.name})
+
+    def prediction_stats(self) -> dict:
+        """The length-prediction error for /metrics (``SchedulerStats.esp["prediction"]``)."""
+        return {"predictor": self.predictor.name, **self.prediction_error.snapshot(),
+                "pairs": list(self.prediction_error.pairs())}
+
+    def make_stats(self, *args, **kwargs):
+        stats = super().make_stats(*args, **kwargs)
+        if stats is not None and self.prediction_error.count:
+            prediction = self.prediction_stats()
+            prediction.pop("pairs")
+            stats.esp = {**(getattr(stats, "esp", None) or {}), "prediction": prediction}
+        return stats
 
     def stats(self) -> dict:
         """Counters for tests, benchmarks and logs."""

@@ -134,6 +134,7 @@ class ESPScheduler(SchedulerInterface):
                                  parallel_prefill=self.esp.parallel_prefill,
                                  ring_prefill=self.esp.ring_prefill,
                                  batch_rings=self.esp.batch_rings, enabled=not blockers)
+        self.spans.busy = self.in_flight  # a live view of the busy instances, never stale
         # spanning requests waiting for free blocks (admitted in order as pools free up), and
         # requests that cannot fit even in idle pools (finished with an error next step)
         self.pending_spans: list[Request] = []
@@ -354,7 +355,6 @@ class ESPScheduler(SchedulerInterface):
             logger.error("ESP: instance %d is gone; its requests are placed again on the "
                          "%d live instances", dead, self.health.num_alive)
             self.rejected.extend(recovery.evacuate(self, dead))
-        self.spans.busy = frozenset(self.in_flight)
         self._admit_spans()
         if self.arrivals:
             self._plan_arrivals()

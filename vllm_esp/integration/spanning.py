@@ -130,7 +130,8 @@ class SpanManager:
         # request id -> holders of the pending rings the global manager let it join
         self.rings_to_join: dict[str, list[tuple[int, ...]]] = {}
         self.reserved: set[int] = set()  # instances holding a parallel prefill not yet run
-        self.busy: frozenset[int] = frozenset()  # instances running a step (set by the scheduler)
+        # instances running a step: the scheduler's live in-flight map (only `in` is used)
+        self.busy: frozenset[int] | dict = frozenset()
         self.spans: dict[str, SpanningRequest] = {}  # real request id -> span
         self.view_of: dict[str, tuple[str, int]] = {}  # view request id -> (real id, chunk)
         # cumulative counters for /metrics

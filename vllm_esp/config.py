@@ -8,11 +8,13 @@ This module imports nothing heavy: the CLI, ``vllm_esp.LLM`` and the planner all
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-EXECUTOR_QUALNAME = "vllm_esp.integration.executor.ESPExecutor"
-SCHEDULER_QUALNAME = "vllm_esp.integration.scheduler.ESPScheduler"
+from vllm_esp import qualnames
+
+EXECUTOR_QUALNAME = qualnames.EXECUTOR
+SCHEDULER_QUALNAME = qualnames.SCHEDULER
 
 # --executor choices: "esp" is ours, the rest are vLLM's own backends passed through.
 EXECUTOR_CHOICES = ("esp", "mp", "uni", "ray")
@@ -68,6 +70,10 @@ class ESPConfig:
     # them); False (default) = each instance, or group of instances linked by spread
     # requests, starts its next step as soon as its own ends (LoongServe's macro-iterations)
     lockstep: bool = False
+    # the length-aware scheduler's options (``scheduling.config``), read from the same section
+    # by ``from_dict``: one parse of additional_config["esp"] for the whole tree. Its policy is
+    # ``policy`` when given, else "alise" (the length-aware scheduler named alone)
+    scheduling: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.instances, int) or self.instances < 1:
@@ -94,7 +100,7 @@ class ESPConfig:
             if not isinstance(self.profile, str):
                 raise ValueError(f"--esp-profile must be a path or a built-in profile name, "
                                  f"got {self.profile!r}")
-            from vllm_esp.integration.elastic_prefill import load_profile
+            from vllm_esp.planner.prefill_groups import load_profile
 
             load_profile(self.profile)  # fails here, before any process starts
         if self.predictor is not None and self.predictor not in PREDICTOR_CHOICES:
@@ -107,7 +113,8 @@ class ESPConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Own options only (a section may carry scheduler options next to them)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "scheduling" and getattr(self, f.name) is not None}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "ESPConfig":
@@ -123,7 +130,10 @@ class ESPConfig:
                 f"unknown ESP option(s) {unknown} in additional_config['esp']; "
                 f"known: {sorted(own | shared)}"
             )
-        return cls(**{k: v for k, v in raw.items() if k in own})
+        cfg = cls(**{k: v for k, v in raw.items() if k in own and k != "scheduling"})
+        scheduling = SchedulingConfig.from_dict({**raw, "policy": raw.get("policy", "alise")})
+        object.__setattr__(cfg, "scheduling", scheduling)  # (frozen; own options checked)
+        return cfg
 
     @classmethod
     def from_vllm_config(cls, vllm_config) -> "ESPConfig":

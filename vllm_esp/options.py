@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vllm_esp import qualnames
 from vllm_esp.config import (
     ADMISSION_CHOICES,
     EXECUTOR_CHOICES,
@@ -23,7 +24,7 @@ from vllm_esp.config import (
     ESPConfig,
 )
 
-STOCK_SCHEDULER = "vllm.v1.core.sched.scheduler.Scheduler"
+STOCK_SCHEDULER = qualnames.STOCK_SCHEDULER
 SWAP_CONNECTOR = "SwapConnector"  # the one KV connector ESP runs (one per instance)
 
 # user-facing option name -> ESPConfig field
@@ -37,7 +38,7 @@ ESP_OPTIONS = {
     "esp_instance_backend": "instance_backend",
     "esp_admission": "admission",
 }
-LENGTH_AWARE_SCHEDULER = "vllm_esp.scheduling.AliseScheduler"
+LENGTH_AWARE_SCHEDULER = qualnames.LENGTH_AWARE_SCHEDULER
 
 
 def apply(

@@ -22,7 +22,7 @@ import pytest
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 
-from vllm_esp.integration.elastic_prefill import PrefillPlanner
+from vllm_esp.planner.prefill_groups import PrefillPlanner
 from vllm_esp.planner.cost_model import CostModel, Linear3
 from vllm_esp.testing.compare import assert_same_outputs
 from vllm_esp.testing.engines import (

@@ -59,7 +59,8 @@ def test_executor_fits_a_gpu_instance_to_the_esp_worker():
     from vllm.config.compilation import CUDAGraphMode
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-    from vllm_esp.integration.executor import ESP_GPU_WORKER, _fit_gpu_instance
+    from vllm_esp.integration.executor import ESP_GPU_WORKER
+    from vllm_esp.integration.instance_config import fit_gpu_instance as _fit_gpu_instance
 
     config = SimpleNamespace(parallel_config=SimpleNamespace(worker_cls="auto"),
                              attention_config=SimpleNamespace(backend=None),
@@ -80,7 +81,7 @@ def test_executor_fits_a_gpu_instance_to_the_esp_worker():
 
 
 def test_instances_get_their_own_gpus_or_share_with_a_memory_split():
-    from vllm_esp.integration.executor import _place_gpu_instance
+    from vllm_esp.integration.instance_config import place_gpu_instance as _place_gpu_instance
     from vllm_esp.integration.gpu_placement import place_instances
 
     own = place_instances(2, 2, ["0", "1", "2", "3"])

@@ -38,7 +38,7 @@ def test_bad_sizes_are_refused():
 
 
 def test_the_planner_spreads_only_where_its_profile_measured_a_gain():
-    from vllm_esp.integration.elastic_prefill import PrefillPlanner
+    from vllm_esp.planner.prefill_groups import PrefillPlanner
     from tests.planner.helpers import cost_model
     from vllm_esp.planner.cost_model import Linear3
 

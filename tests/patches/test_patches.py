@@ -236,23 +236,43 @@ def test_policy_flags_map_to_the_length_aware_scheduler():
         apply_to_kwargs({"executor": "esp", "additional_config": {"esp": {"instnces": 2}}})
 
 
-def test_pooled_capacity_counts_every_instance_pool_only_when_set():
+def test_pooled_capacity_counts_every_instance_pool_only_for_esp_engines():
+    """While an ESP engine's KV caches are sized, the check sees all its pools; any other
+    time (stock engines), one."""
+    from types import SimpleNamespace
+
     from vllm.v1.core import kv_cache_utils
 
     from vllm_esp_patches import apply_all, pooled_capacity
 
     apply_all()
-    check = kv_cache_utils._check_enough_kv_cache_memory
     need = lambda: 300  # noqa: E731
-    with pytest.raises(ValueError, match="max seq len"):
-        check(200, need, 3072, lambda am: 0)  # stock: one pool of 200 bytes < 300
-    pooled_capacity.set_pool_count(2)
-    try:
-        check(200, need, 3072, lambda am: 0)  # ESP: two pools of 200 bytes hold it
-    finally:
-        pooled_capacity.set_pool_count(1)
-    with pytest.raises(ValueError, match="max seq len"):
-        check(200, need, 3072, lambda am: 0)
+    with pytest.raises(ValueError, match="max seq len"):  # stock: one pool of 200 < 300
+        kv_cache_utils._check_enough_kv_cache_memory(200, need, 3072, lambda am: 0)
+    seen = []
+    original = kv_cache_utils.get_kv_cache_configs.__wrapped__
+
+    def sizing(vllm_config, *args):  # stands in for vLLM's sizing: runs the check
+        try:
+            kv_cache_utils._check_enough_kv_cache_memory(200, need, 3072, lambda am: 0)
+            seen.append("fits")
+        except ValueError:
+            seen.append("refused")
+
+    esp = _esp_config(instances=2)
+    esp.model_config = SimpleNamespace(get_sliding_window=lambda: None, use_mla=False,
+                                       is_encoder_decoder=False, is_hybrid=False,
+                                       hf_text_config=SimpleNamespace())
+    esp.cache_config = SimpleNamespace(cache_dtype="auto")
+    stock = _esp_config(backend="mp")
+    for config in (esp, stock):
+        token = pooled_capacity._pools.set(pooled_capacity.pool_count(config))
+        try:
+            sizing(config)
+        finally:
+            pooled_capacity._pools.reset(token)
+    assert seen == ["fits", "refused"]
+    assert callable(original)
 
 
 def test_worker_names_carry_the_esp_instance(monkeypatch):

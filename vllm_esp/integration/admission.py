@@ -17,14 +17,7 @@ from dataclasses import dataclass, field
 from vllm_esp.planner.cost_model import CostModel
 from vllm_esp.planner.dispatch import DispatchInput, dispatch, prune_bypass
 from vllm_esp.planner.manager import ManagerConfig
-from vllm_esp.planner.types import Request as PlannerRequest
-
-
-def planner_request(request) -> PlannerRequest:
-    """A vLLM request as the planner sees it: lengths only."""
-    return PlannerRequest(request.request_id, request.num_prompt_tokens, request.max_tokens,
-                          arrival_time=request.arrival_time,
-                          output_len=request.num_output_tokens)
+from vllm_esp.integration.cluster import planner_request
 
 
 @dataclass

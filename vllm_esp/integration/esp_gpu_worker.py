@@ -32,12 +32,13 @@ from vllm.v1.worker.gpu_worker import Worker
 from vllm_esp.integration.esp_attention import ESPAttentionMixin, ESPMetadataBuilderMixin
 from vllm_esp.integration.esp_runner import ESPRunnerMixin
 from vllm_esp.integration.esp_worker import ESPWorkerMixin
+from vllm_esp import qualnames
 from vllm_esp.ops.kv_cache import FlashPagedKV
 
-GPU_BACKEND_QUALNAME = "vllm_esp.integration.esp_gpu_worker.ESPFlashAttentionBackend"
+GPU_BACKEND_QUALNAME = qualnames.GPU_ATTENTION_BACKEND
 # float32 models: flash-attn computes in half precision only; vLLM's Triton backend has the
 # same cache layout and takes float32
-GPU_FP32_BACKEND_QUALNAME = "vllm_esp.integration.esp_gpu_worker.ESPTritonAttentionBackend"
+GPU_FP32_BACKEND_QUALNAME = qualnames.GPU_FP32_ATTENTION_BACKEND
 # what the executor sets in the GPU instances' environment and the engine's (one runner mode
 # in every process: see ESPExecutor)
 GPU_ENV = {"VLLM_USE_V2_MODEL_RUNNER": "0", "VLLM_USE_FLASHINFER_SAMPLER": "0"}

@@ -9,10 +9,10 @@ instance with no forward serve its chunks layer by layer. It also hands a reques
 to this runner the tokens it produced elsewhere (scale-up) and reserves ESP's transient
 memory during vLLM's profile run.
 
-This touches private V1 runner state (``positions``, ``input_ids``, ``query_start_loc``,
-``input_batch.block_table``, ``input_batch.add_request``, ``_prepare_inputs``,
-``_update_states``); ``check_runner_internals`` fails loudly at worker start when vLLM moves
-any of it.
+It overrides private V1 runner methods (``_prepare_inputs``, ``_update_states``,
+``_determine_batch_execution_and_padding``; ``check_runner_internals`` fails loudly at worker
+start when vLLM moves one); what it does to the runner's buffers goes through
+``spanning.views``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from vllm_esp.integration import esp_step
 from vllm_esp.integration.esp_attention import serve_layer
 from vllm_esp.integration.outputs import plan_of
+from vllm_esp.integration.spanning import views
 
 # private GPUModelRunner methods the mixin overrides (checked at worker start)
 RUNNER_METHODS = ("_prepare_inputs", "execute_model", "_update_states", "profile_run",
@@ -86,22 +87,17 @@ class ESPRunnerMixin:
         resume = plan.resume_outputs if plan is not None else None
         if not resume:
             return super()._update_states(scheduler_output)
-        batch = self.input_batch
-        add_request = batch.add_request
+        vocab = self.input_batch.vocab_size
 
-        def add_with_outputs(req_state):
+        def add_outputs(req_state):
             tokens = resume.get(req_state.req_id)
             if tokens and not req_state.output_token_ids:
                 req_state.output_token_ids.extend(tokens)
-                _advance_generator(req_state, len(tokens), batch.vocab_size, self._fp64_gumbel(),
+                _advance_generator(req_state, len(tokens), vocab, self._fp64_gumbel(),
                                    self.esp_sampler)
-            return add_request(req_state)
 
-        batch.add_request = add_with_outputs
-        try:
+        with views.with_added_outputs(self, add_outputs):
             return super()._update_states(scheduler_output)
-        finally:
-            del batch.add_request
 
     def _fp64_gumbel(self) -> bool:
         sampler = getattr(getattr(self, "sampler", None), "topk_topp_sampler", None)
@@ -111,9 +107,8 @@ class ESPRunnerMixin:
         result = super()._prepare_inputs(scheduler_output, num_scheduled_tokens)
         ctx = esp_step.current()
         if ctx is not None:
-            qsl = self.query_start_loc.np
-            ids = self.input_batch.req_ids[: self.input_batch.num_reqs]
-            ctx.rows = {rid: (int(qsl[i]), int(qsl[i + 1])) for i, rid in enumerate(ids)}
+            ctx.rows = views.forward_rows(self)
+            ids = list(ctx.rows)
             ctx.block_size = self.cache_config.block_size
             computed = ctx.plan.computed_here(ctx.instance)
             ctx.esp_requests = [i for i, rid in enumerate(ids) if rid in computed]
@@ -130,15 +125,7 @@ class ESPRunnerMixin:
             if b - a != len(pos):
                 raise RuntimeError(f"ESP ring prefill: {member.req_id} has {b - a} rows, "
                                    f"its stripe {len(pos)} tokens")
-            self.positions[a:b] = pos.to(self.positions.device)
-            ids = torch.tensor(member.token_ids, dtype=self.input_ids.cpu.dtype)
-            self.input_ids.cpu[a:b] = ids
-            if self.input_ids.gpu.data_ptr() != self.input_ids.cpu.data_ptr():
-                self.input_ids.gpu[a:b] = ids.to(self.input_ids.gpu.device)
-            for table in self.input_batch.block_table.block_tables:
-                table.slot_mapping.gpu[a:b] = -1
-                if table.slot_mapping.cpu.data_ptr() != table.slot_mapping.gpu.data_ptr():
-                    table.slot_mapping.cpu[a:b] = -1
+            views.load_stripe(self, a, b, pos, member.token_ids)
 
     def _serve_without_forward(self) -> None:
         """No tokens here this step, but peers need our chunks: walk the attention layers in

@@ -25,9 +25,11 @@ from vllm_esp.integration.esp_attention import (
     ESPMetadataBuilderMixin,
 )
 from vllm_esp.integration.esp_runner import ESPRunnerMixin, check_runner_internals
+from vllm_esp.integration.spanning import views
+from vllm_esp import qualnames
 from vllm_esp.ops.kv_cache import CpuPagedKV
 
-BACKEND_QUALNAME = "vllm_esp.integration.esp_worker.ESPCPUAttentionBackend"
+BACKEND_QUALNAME = qualnames.CPU_ATTENTION_BACKEND
 
 
 def check_internals(*extra: tuple[type, str]) -> None:
@@ -105,7 +107,8 @@ class ESPWorkerMixin:
         if type(self.model_runner) is not self.esp_stock_runner:
             raise RuntimeError(f"ESP needs {self.esp_runner_name}, got "
                                f"{type(self.model_runner).__name__}")
-        self.model_runner.__class__ = self.esp_runner
+        views.check_runner(self.model_runner)
+        views.become(self, self.esp_runner)
 
 
 class ESPCPUWorker(ESPWorkerMixin, CPUWorker):

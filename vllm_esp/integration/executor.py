@@ -27,9 +27,15 @@ from vllm.utils.network_utils import get_open_port
 from vllm.v1.executor.abstract import Executor
 from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 
-from vllm_esp import envs
-from vllm_esp.config import ESPConfig, SCHEDULER_QUALNAME, check_worker_limit
-from vllm_esp.integration import cpu_binding, gpu_placement, instance_health, ray_instances
+from vllm_esp import envs, qualnames
+from vllm_esp.config import SCHEDULER_QUALNAME, ESPConfig
+from vllm_esp.integration import (
+    cpu_binding,
+    gpu_placement,
+    instance_config,
+    instance_health,
+    ray_instances,
+)
 from vllm_esp.integration.instance_steps import InstanceSteps
 from vllm_esp.integration.outputs import (
     LOST_STEP,
@@ -41,10 +47,10 @@ from vllm_esp.integration.outputs import (
 
 logger = init_logger(__name__)
 
-WORKER_EXTENSION = "vllm_esp.integration.worker.ESPWorkerExtension"
+WORKER_EXTENSION = qualnames.WORKER_EXTENSION
 # workers whose runner / attention backend serve requests spanning instances
-ESP_CPU_WORKER = "vllm_esp.integration.esp_worker.ESPCPUWorker"
-ESP_GPU_WORKER = "vllm_esp.integration.esp_gpu_worker.ESPGPUWorker"
+ESP_CPU_WORKER = qualnames.CPU_WORKER
+ESP_GPU_WORKER = qualnames.GPU_WORKER
 
 
 class ESPExecutor(Executor):
@@ -58,7 +64,7 @@ class ESPExecutor(Executor):
         ensure_registered()  # version guard + patches, also on the plain qualname route
         self.esp = check_config(vllm_config)
         sched = vllm_config.scheduler_config
-        if sched.scheduler_cls in (None, "vllm.v1.core.sched.scheduler.Scheduler"):
+        if sched.scheduler_cls in (None, qualnames.STOCK_SCHEDULER):
             # EngineCore builds the scheduler after the executor: make the default ours.
             sched.scheduler_cls = SCHEDULER_QUALNAME
         if self.esp.instances > 1:
@@ -66,14 +72,7 @@ class ESPExecutor(Executor):
             # (built after the executor, in this process) and the workers both run vLLM's V1
             # runner, which the ESP runner extends. Mixed modes corrupt resumed requests.
             os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-            # ESP capacity is the sum of the pools: max_model_len may exceed one pool.
-            from vllm_esp_patches import pooled_capacity
-
-            from vllm_esp.integration.span_support import span_blockers
-
-            # ... unless this model's requests cannot be spread: then one pool is the limit
-            pooled_capacity.set_pool_count(1 if span_blockers(vllm_config)
-                                           else self.esp.instances)
+        # (max_model_len may reach the sum of the pools: vllm_esp_patches.pooled_capacity)
         super().__init__(vllm_config)
 
     # ---- start-up -------------------------------------------------------------------
@@ -108,9 +107,9 @@ class ESPExecutor(Executor):
         if _on_cpu() and self.esp.instances > 1:
             config.parallel_config.worker_cls = ESP_CPU_WORKER
         elif self.esp.instances > 1:
-            gpu_env = _fit_gpu_instance(config)
+            gpu_env = instance_config.fit_gpu_instance(config)
         if self.placements is not None:
-            gpu_env.update(_place_gpu_instance(config, self.placements[index]))
+            gpu_env.update(instance_config.place_gpu_instance(config, self.placements[index]))
         if _on_cpu() and config.cache_config.kv_cache_memory_bytes is None \
                 and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             gib = float(envs.VLLM_ESP_DEFAULT_CPU_KVCACHE_GIB)
@@ -275,10 +274,6 @@ class ESPExecutor(Executor):
         return [min(column) for column in zip(*per_instance)]
 
     def initialize_from_config(self, kv_cache_configs) -> None:
-        if self.esp.instances > 1:  # the pools are sized: back to the stock capacity check
-            from vllm_esp_patches import pooled_capacity
-
-            pooled_capacity.set_pool_count(1)
         # Every instance gets the same per-rank configs: one pool of that size per instance.
         _in_parallel([lambda i=i: i.initialize_from_config(copy.deepcopy(kv_cache_configs))
                       for i in self.instances])
@@ -408,63 +403,7 @@ class _env:
             os.environ[self.key] = self.old
 
 
-def _fit_gpu_instance(config) -> dict[str, str]:
-    """An instance's config for the ESP GPU worker (``esp_gpu_worker``): its worker class and
-    the attention backend its override extends (FLASH_ATTN; TRITON_ATTN for float32 models,
-    which flash-attn cannot compute). torch.compile and CUDA graphs stay
-    as configured: the ESP runner runs a step with span traffic without a graph (eager
-    pieces), every other step as vLLM decides. Returns the environment its processes need
-    (V1 model runner, vLLM's PyTorch sampler, whose seeded draws a scale-up replays)."""
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum
-
-    from vllm_esp.integration.esp_gpu_worker import GPU_ENV, attention_backend_for
-
-    config.parallel_config.worker_cls = ESP_GPU_WORKER
-    name, _ = attention_backend_for(config.model_config.dtype)
-    config.attention_config.backend = AttentionBackendEnum[name]
-    return dict(GPU_ENV)
-
-
-def _place_gpu_instance(config, placement) -> dict[str, str]:
-    """The instance sees only its GPUs; sharing them, it takes its share of the memory."""
-    if placement.sharing > 1:
-        cc = config.cache_config
-        cc.gpu_memory_utilization = cc.gpu_memory_utilization / placement.sharing
-    return placement.env
-
-
 def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
-
-
-SWAP_CONNECTOR = "SwapConnector"  # vllm_esp.scheduling.swap_connector: one per instance
-
-
-def check_config(vllm_config) -> ESPConfig:
-    """The ESP options of ``vllm_config``, or ValueError with a one-line reason (with the
-    plugin loaded, ``vllm_esp.options.check_engine_fields`` refused most of these already,
-    in the user's process)."""
-    esp = ESPConfig.from_vllm_config(vllm_config)
-    _validate(vllm_config, esp)
-    return esp
-
-
-def _validate(vllm_config, esp: ESPConfig) -> None:
-    """Refuse, with a one-line reason, configurations ESP cannot run."""
-    pc = vllm_config.parallel_config
-    if pc.pipeline_parallel_size > 1:
-        raise ValueError("--executor esp does not support pipeline parallelism")
-    if pc.data_parallel_size > 1:
-        raise ValueError("--executor esp replaces data parallelism; use --esp-instances instead")
-    if vllm_config.speculative_config is not None:
-        raise ValueError("--executor esp does not support speculative decoding yet")
-    kvt = vllm_config.kv_transfer_config
-    if kvt is not None and kvt.kv_connector != SWAP_CONNECTOR:
-        raise ValueError(f"--executor esp supports only the {SWAP_CONNECTOR} KV connector "
-                         f"(per-instance swap to host memory), got {kvt.kv_connector}")
-    if pc.worker_extension_cls not in ("", None, WORKER_EXTENSION):
-        raise ValueError("--executor esp installs its own worker extension; "
-                         f"--worker-extension-cls {pc.worker_extension_cls} cannot be combined")
-    check_worker_limit(esp, on_cpu=_on_cpu())

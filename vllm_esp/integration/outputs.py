@@ -10,6 +10,7 @@ for its iteration stats). Instances see only their own ``SchedulerOutput`` - a p
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -156,3 +157,15 @@ def split_grammar_output(
             num_acceptable_drafts=None if drafts is None else [drafts[i] for i in rows],
         ))
     return result
+
+
+def merge_engine_core_outputs(merged: dict, client: int, eco) -> None:
+    """Fold one instance's ``EngineCoreOutputs`` for ``client`` into the step's."""
+    if client not in merged:
+        merged[client] = eco
+        return
+    base = merged[client]
+    base.outputs = list(base.outputs) + list(eco.outputs)
+    if eco.finished_requests:
+        base.finished_requests = (base.finished_requests or set()) | eco.finished_requests
+    base.timestamp = max(base.timestamp, eco.timestamp or time.monotonic())

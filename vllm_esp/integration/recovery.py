@@ -9,22 +9,15 @@ with a chunk there is taken back whole and placed again.
 exchange (gloo reports "connection closed") produced no output for that step; every request
 it was running is preempted (recompute), vLLM's own way of redoing work it lost.
 
-Both touch vLLM scheduler internals (``running``, ``waiting``, ``_preempt_request``); they
-are kept here, next to the feature check in ``check_recovery_internals``.
+What they do to vLLM's schedulers goes through ``spanning.views`` (``take_out``,
+``preempt``).
 """
 
 from __future__ import annotations
 
 import time
 
-from vllm.v1.request import RequestStatus
-
-
-def check_recovery_internals(scheduler) -> None:
-    for name in ("running", "waiting", "requests", "_preempt_request", "finish_requests"):
-        if not hasattr(scheduler, name):
-            raise RuntimeError(f"vLLM moved Scheduler.{name}; ESP instance recovery needs "
-                               f"review")
+from vllm_esp.integration.spanning import views
 
 
 def evacuate(esp, dead: int) -> list:
@@ -39,14 +32,8 @@ def evacuate(esp, dead: int) -> list:
     for request in list(sched.requests.values()):
         if esp.spans.is_shadow(request.request_id):
             continue
-        outputs = list(request.output_token_ids)
-        sched.finish_requests(request.request_id, RequestStatus.FINISHED_ABORTED)
+        outputs = views.take_out(sched, request)
         esp.pool.forget(request.request_id)
-        request.status = RequestStatus.WAITING
-        request.num_computed_tokens = 0
-        request.num_preemptions += 1
-        if request.spec_token_ids:
-            request.spec_token_ids = []
         if outputs:
             esp.resume_outputs[request.request_id] = outputs
         if not esp.fits_live_pools(request):
@@ -67,6 +54,4 @@ def rollback_lost_step(esp, instance: int, scheduler_output) -> None:
         if esp.spans.is_spanning(request.request_id) or esp.spans.is_shadow(request.request_id):
             esp.place_span_again(request.request_id)
             continue
-        sched.running.remove(request)
-        sched._preempt_request(request, now)
-        sched.waiting.prepend_request(request)
+        views.preempt(sched, request, now)

@@ -14,8 +14,6 @@ others have free blocks, is spread over several instances by the ``SpanManager``
 from __future__ import annotations
 
 import copy
-import time
-from collections import Counter
 from collections.abc import Iterable
 
 from vllm.logger import init_logger
@@ -25,21 +23,21 @@ from vllm.v1.core.sched.interface import PauseState, SchedulerInterface
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
-from vllm.v1.metrics.stats import PrefixCacheStats, SchedulerStats
+from vllm.v1.metrics.stats import SchedulerStats
 from vllm.v1.request import Request, RequestStatus
 
-from vllm_esp import envs
+from vllm_esp import envs, qualnames
 from vllm_esp.config import ESPConfig
 from vllm_esp.integration.admission import Admission
 from vllm_esp.integration.capacity import pool_summary
-from vllm_esp.integration.elastic_prefill import (
-    MAX_REQUESTS_PER_STEP,
-    PrefillPlanner,
-    load_profile,
-)
+from vllm_esp.integration.arrivals import ArrivalsMixin
+from vllm_esp.integration.elastic import ElasticDecodeMixin
+from vllm_esp.integration.spanning import views
+from vllm_esp.integration.stats import ESPStats, attention_row_bytes, merge_scheduler_stats
+from vllm_esp.planner.prefill_groups import PrefillPlanner, load_profile
 from vllm_esp.integration import instance_health, recovery
 from vllm_esp.integration.kv_pool import DistributedKVPool
-from vllm_esp.integration.span_support import request_blockers, span_blockers
+from vllm_esp.integration.span_support import span_blockers
 from vllm_esp.integration.spanning import SpanManager
 from vllm_esp.integration.outputs import (
     ESPModelRunnerOutput,
@@ -47,20 +45,14 @@ from vllm_esp.integration.outputs import (
     NOT_DONE,
     ESPSchedulerOutput,
     InstanceSchedulerOutput,
-    merge_grammar_outputs,
+    merge_engine_core_outputs,
     merge_scheduler_outputs,
 )
 from vllm_esp.ops.plan import ESPStepPlan
-from vllm_esp.planner.decode_plan import relieve_master
 
 logger = init_logger(__name__)
 
-# --esp-policy -> scheduler class run inside each instance
-POLICY_SCHEDULERS = {
-    "fcfs": "vllm.v1.core.sched.scheduler.Scheduler",
-    "sjf": "vllm_esp.scheduling.AliseScheduler",
-    "alise": "vllm_esp.scheduling.AliseScheduler",
-}
+POLICY_SCHEDULERS = qualnames.POLICY_SCHEDULERS  # --esp-policy -> each instance's scheduler
 
 
 def instance_scheduler_class(esp: ESPConfig) -> type[Scheduler]:
@@ -73,7 +65,7 @@ def instance_scheduler_class(esp: ESPConfig) -> type[Scheduler]:
     return cls
 
 
-class ESPScheduler(SchedulerInterface):
+class ESPScheduler(ArrivalsMixin, ElasticDecodeMixin, SchedulerInterface):
     def __init__(
         self,
         vllm_config,
@@ -106,10 +98,9 @@ class ESPScheduler(SchedulerInterface):
             # the ESP workers run vLLM's V1 runner (ESPExecutor); a scheduler in V2 mode would
             # send a resumed request as new request data, which V1 reads as a streaming update
             for s in self.instances:
-                s.use_v2_model_runner = False
+                views.set_runner_mode_v1(s)
         self.pool = DistributedKVPool(self.instances, block_size)
         self.health = instance_health.for_config(vllm_config, self.esp.instances)
-        recovery.check_recovery_internals(self.instances[0])
         # request id -> tokens it produced before it was placed again on another instance
         # (its new runner needs them: sent with the plan when it is scheduled there)
         self.resume_outputs: dict[str, list[int]] = {}
@@ -130,7 +121,8 @@ class ESPScheduler(SchedulerInterface):
         if blockers and self.esp.instances > 1:
             logger.warning("ESP: requests are served unspread (each whole on one instance): "
                            "span attention does not implement %s", ", ".join(blockers))
-        self.spans = SpanManager(self.instances, self.pool, block_size,
+        self.stats = ESPStats(self.esp.instances, row_bytes=attention_row_bytes(vllm_config))
+        self.spans = SpanManager(self.instances, self.pool, block_size, self.stats,
                                  parallel_prefill=self.esp.parallel_prefill,
                                  ring_prefill=self.esp.ring_prefill,
                                  batch_rings=self.esp.batch_rings, enabled=not blockers)
@@ -140,9 +132,6 @@ class ESPScheduler(SchedulerInterface):
         self.pending_spans: list[Request] = []
         self.arrivals: list[Request] = []  # new requests the manager plans at the next step
         self.rejected: list[Request] = []
-        self.planned_prefills: Counter[int] = Counter()  # manager's choice: instances -> reqs
-        self.num_preemptions = [0] * self.esp.instances  # cumulative, per instance
-        self.num_dispatched = [0] * self.esp.instances  # requests sent to each instance
         # only the SwapConnector is accepted (executor check); each instance's scheduler has
         # its own, so the engine core sees none (no handshake, no transfer params)
         self.connector = None
@@ -153,11 +142,8 @@ class ESPScheduler(SchedulerInterface):
         # EngineCore reads the KV manager of "the" scheduler for attention block sizes.
         self.kv_cache_manager = self.instances[0].kv_cache_manager
         self._step = 0
-        self.decode_instances: Counter[int] = Counter()  # instances holding a finished request
-        self.esp_bytes = [0] * self.esp.instances  # span-attention bytes sent, per instance
         self._placed_again: set[str] = set()  # preempted spanning requests waiting to re-place
-        self._layer_bytes = _attention_row_bytes(vllm_config)
-
+        
     # ---- requests in and out ----------------------------------------------------------
     def add_request(self, request: Request) -> None:
         instance = self.pool.instance_of.get(request.request_id)
@@ -187,143 +173,15 @@ class ESPScheduler(SchedulerInterface):
     def _may_swap(self, request: Request) -> bool:
         return request.request_id not in self.spans.view_of
 
-    def _plan_arrivals(self) -> None:
-        """The global manager's batching step over the requests that arrived since the last
-        step (``PrefillPlanner.plan``): a group on one instance is dispatched there, a group
-        on k > 1 instances is prefilled by one ring over them. Rings are set up first, so
-        their chunks are queued ahead of plain requests; plain requests keep their arrival
-        order on each instance (vLLM's FCFS)."""
-        batch = self._admit_arrivals()
-        if not self.spans.enabled:
-            batch, whole = [], batch
-        else:
-            whole = [r for r in batch if request_blockers(r)]  # never in a ring: one instance
-            batch = [r for r in batch if not request_blockers(r)]
-        for r in whole:
-            self._dispatch(r)
-        if not batch:
-            return
-        spare = self.spans.blocks_for_parallel_prefill()
-        if len(spare) < 2:  # nothing to plan over: most headroom, as without a profile
-            groups, left = [], list(range(len(batch)))
-        else:
-            groups, left = self.prefill_planner.plan([r.num_tokens for r in batch],
-                                                     list(spare.values()))
-        plain: dict[int, list[int] | None] = {r: None for r in left}
-        ids = list(spare)
-        for g in groups:
-            instances = [ids[i] for i in g.instances]
-            self.planned_prefills[len(instances)] += len(g.prompts)
-            if len(instances) > 1:
-                ringless = self._prefill_together([batch[r] for r in g.prompts], instances)
-                plain.update({r: instances for r in g.prompts if batch[r] in ringless})
-            else:
-                plain.update({r: instances for r in g.prompts})
-        if left:
-            self.planned_prefills[1] += len(left)
-        for r in sorted(plain):
-            self._dispatch(batch[r], plain[r])
 
-    def _admit_arrivals(self) -> list[Request]:
-        """The new requests that start this step (taken off ``arrivals``): the first ones,
-        or those the manager's dispatching rules admit (the rest keep waiting)."""
-        if self.admission is None:
-            batch = self.arrivals[:MAX_REQUESTS_PER_STEP]
-            del self.arrivals[:MAX_REQUESTS_PER_STEP]
-            return batch
-        n = self.pool.num_instances
-        spare = {i: max(0, self.spans.spare_blocks(i)) for i in range(n)}
-        capacity = sum(self.pool.total_blocks(i) for i in range(n))
-        batch, rejected = self.admission.admit(self.arrivals, self._live_requests(), spare,
-                                               capacity, time.time())
-        for r in rejected:
-            logger.error("request %s (%d tokens) can never fit the ESP pools; finishing it "
-                         "with an error", r.request_id, r.num_tokens)
-        taken = {r.request_id for r in batch + rejected}
-        self.arrivals = [r for r in self.arrivals if r.request_id not in taken]
-        self.rejected.extend(rejected)
-        return batch
 
-    def _live_requests(self) -> list[Request]:
-        """Requests admitted and not finished (each once: not the spans' shadow views)."""
-        live = [r for s in self.instances for r in s.requests.values()
-                if not self.spans.is_shadow(r.request_id)]
-        return live + self.pending_spans
 
-    def _prefill_together(self, requests: list[Request], instances: list[int]) -> list[Request]:
-        """One ring over ``instances`` prefills ``requests``, each keeping its KV on the
-        ring's master; the longest opens the ring, the others join it. Returns those that
-        cannot take part (too short for a chunk per instance, no room on the master)."""
-        ring: tuple[int, ...] | None = None
-        ringless = []
-        for request in sorted(requests, key=lambda r: -r.num_tokens):
-            rid = request.request_id
-            self.spans.planned_prefill[rid] = len(instances)
-            self.spans.planned_instances[rid] = instances
-            if ring is not None:
-                self.spans.rings_to_join[rid] = [ring]
-            master = self.spans.add(request)
-            if master is None:
-                ringless.append(request)
-                continue
-            self._assign(request, master)
-            span = self.spans.spans[rid]
-            if ring is None and span.parallel:
-                ring = tuple(span.holders)
-        return ringless
 
-    def _dispatch(self, request: Request, among: list[int] | None = None) -> None:
-        """A request on one instance: the pool's choice (most headroom), ``among`` these."""
-        instance = self.pool.choose_instance(request, among)
-        self._assign(request, instance)
-        self.spans.prefill_instances[1] += 1
-        self.instances[instance].add_request(request)
 
-    def _assign(self, request: Request, instance: int) -> None:
-        """Record where the request runs; a request placed again after a preemption was
-        dispatched once already."""
-        self.pool.assign(request.request_id, instance)
-        if request.request_id in self._placed_again:
-            self._placed_again.discard(request.request_id)
-        else:
-            self.num_dispatched[instance] += 1
 
-    def _never_fits(self, request: Request) -> bool:
-        """Even with every pool idle, the whole request must fit the sum of the pools."""
-        return request.num_tokens + request.max_tokens > self.pool_capacity_tokens()
 
-    def pool_capacity_tokens(self) -> int:
-        return sum(self.pool.total_blocks(i) for i in range(self.pool.num_instances)) \
-            * self.pool.block_size
 
-    def _admit_spans(self) -> None:
-        """Place waiting spanning requests, oldest first, while the pools have room."""
-        while self.pending_spans:
-            request = self.pending_spans[0]
-            try:
-                instance = self.spans.add(request)
-            except ValueError:  # not enough free blocks now: wait for requests to finish
-                return
-            self.pending_spans.pop(0)
-            if instance is None:  # a parallel prefill was only asked for: run it plainly
-                self._dispatch(request)
-                continue
-            self._assign(request, instance)
 
-    def _take_unplaced(self, request_ids, status: RequestStatus) -> list[Request]:
-        """Finish requests the instances never saw (new arrivals, pending or rejected spans)."""
-        taken = []
-        for queue in (self.arrivals, self.pending_spans, self.rejected):
-            keep = []
-            for r in queue:
-                if request_ids is None or r.request_id in request_ids:
-                    r.status = status
-                    self._placed_again.discard(r.request_id)
-                    taken.append(r)
-                else:
-                    keep.append(r)
-            queue[:] = keep
-        return taken
 
     def finish_requests(self, request_ids: str | Iterable[str] | None,
                         finished_status: RequestStatus) -> list[Request]:
@@ -367,14 +225,14 @@ class ESPScheduler(SchedulerInterface):
                 for i, s in enumerate(self.instances)]
         for i, out in enumerate(outs):
             if out.preempted_req_ids:
-                self.num_preemptions[i] += len(out.preempted_req_ids)
+                self.stats.preemptions[i] += len(out.preempted_req_ids)
                 self._place_preempted_spans_again(out.preempted_req_ids)
         plan = self.spans.build_plan(outs) if self.spans.spans else None
         plan = self._resume_elsewhere(outs, plan)
         # every instance's workers get the plan with their step (read by the ESP runner)
         outs = [InstanceSchedulerOutput.of(out, plan) for out in outs]
         if plan is not None:
-            self._count_plan_bytes(plan)
+            self.stats.count_plan_bytes(plan)
         launch = [i in runs and _has_work(out, plan, i) for i, out in enumerate(outs)]
         grammars = [self.instances[i].get_grammar_bitmask(out) if go else None
                     for i, (out, go) in enumerate(zip(outs, launch))]
@@ -392,71 +250,9 @@ class ESPScheduler(SchedulerInterface):
         self._step += 1
         return merged
 
-    def _scale_up(self) -> None:
-        """Before vLLM would preempt on a full instance, move decodes that need a new block to
-        the instance with most room (their KV stays where it is). Preemption (recompute) is
-        left to vLLM only when no other instance has a free block."""
-        n = len(self.instances)
-        need = [self.spans.blocks_needed(i) for i in range(n)]
-        free = [self.pool.free_blocks(i) for i in range(n)]
-        for i in range(n):
-            if i in self.in_flight:
-                continue  # its decodes are mid-step
-            for r in reversed(list(self.instances[i].running)):  # vLLM's victims go first
-                if need[i] <= free[i]:
-                    break
-                if not self.spans.can_migrate(r, i):
-                    continue
-                dst = self._scale_up_target(i, free, need)
-                if dst is None:
-                    return  # the whole pool is full: vLLM preempts (recompute)
-                self.spans.migrate(r, i, dst, "merge" if self._decoding(dst) else "scale-up")
-                self.pool.assign(r.request_id, dst)
-                need[i] -= 1
-                need[dst] += 1
 
-    def _relieve_masters(self) -> None:
-        """Multi-master decode: a spanning request whose master decodes more than
-        ``esp.decode_minibatch`` requests continues on the least loaded holder of its KV
-        (``planner.decode_plan.relieve_master``) when its next token needs a new block, so
-        the requests sharing instances are decoded by several masters. No KV moves."""
-        minibatch = self.esp.decode_minibatch
-        if not minibatch:
-            return
-        n = len(self.instances)
-        loads = {i: len(self.instances[i].running) for i in range(n)}
-        if max(loads.values()) <= minibatch:
-            return
-        free = {i: self.pool.free_blocks(i) - self.spans.blocks_needed(i)
-                for i in range(n) if i not in self.spans.reserved and i not in self.in_flight}
-        for span in list(self.spans.spans.values()):
-            r, src = span.request, span.master
-            if span.keep_on_master or src in self.in_flight or \
-                    not self.spans.can_migrate(r, src):
-                continue
-            dst = relieve_master(loads, src, span.holders, free, minibatch)
-            if dst is None:
-                continue
-            self.spans.migrate(r, src, dst, "relieve")
-            self.pool.assign(r.request_id, dst)
-            loads[src] -= 1
-            loads[dst] += 1
-            free[dst] -= 1
-            if src in free:
-                free[src] += 1  # its new block is no longer needed there
 
-    def _decoding(self, instance: int) -> bool:
-        return bool(self.instances[instance].running)
 
-    def _scale_up_target(self, src: int, free: list[int], need: list[int]) -> int | None:
-        """The global manager's order (planner.decode_plan.fix_shortage): an idle instance
-        with a free block first (scale up); else join the decode batch of the busy instance
-        with the most room (a merge: the two batches now share that instance); most room,
-        then the lowest id, within each kind. None when no other instance has a free block."""
-        room = [(not self._decoding(k), free[k] - need[k], -k) for k in range(len(free))
-                if k != src and k not in self.spans.reserved and k not in self.in_flight
-                and free[k] - need[k] >= 1]
-        return -max(room)[2] if room else None
 
     def _schedulable(self) -> set[int]:
         """Instances that start a step now: alive, not running one, and (when spread
@@ -482,49 +278,9 @@ class ESPScheduler(SchedulerInterface):
                     plan.resume_outputs[new.req_id] = tokens
         return plan
 
-    def place_span_again(self, view_id: str) -> None:
-        """Drop every view of a spanning request and place it again from scratch."""
-        real = self.spans.take_back(view_id)
-        if real is not None:
-            self.pool.forget(real.request_id)
-            self.pending_spans.insert(0, real)
-            self._placed_again.add(real.request_id)
 
-    def dispatch_again(self, request: Request) -> None:
-        """A request taken off an instance (lost): placed again like a new one."""
-        self._placed_again.add(request.request_id)
-        if self.spans.needs_span(request):
-            self.pending_spans.insert(0, request)
-        else:
-            self._dispatch(request)
 
-    def fits_live_pools(self, request: Request) -> bool:
-        live = [i for i in range(self.pool.num_instances) if i not in self.pool.dead]
-        need = self.pool.blocks_for(request.num_tokens + 1)
-        if not self.spans.enabled or request_blockers(request):
-            return any(need <= self.pool.total_blocks(i) for i in live)
-        return need <= sum(self.pool.total_blocks(i) for i in live)
 
-    def _place_preempted_spans_again(self, preempted_ids) -> None:
-        for rid in preempted_ids:
-            self.place_span_again(rid)
-
-    def _count_plan_bytes(self, plan) -> None:
-        """Bytes the span attention of this step sends, from the plan's shapes (the workers
-        count the same on their communicator)."""
-        q_row, lse_row, kv_row = self._layer_bytes
-        for s in plan.spans:
-            for p in s.peers:
-                if p.instance == s.instance:
-                    continue  # an earlier chunk on the asking instance: computed there
-                self.esp_bytes[s.instance] += s.num_query_tokens * q_row
-                self.esp_bytes[p.instance] += s.num_query_tokens * (q_row + lse_row)
-        for ring in plan.rings:  # member r forwards the shards of r, r-1, ..., r-k+2
-            rows = [m.num_rows for m in ring.members]
-            k = len(rows)
-            for r, m in enumerate(ring.members):
-                self.esp_bytes[m.instance] += kv_row * sum(rows[(r - h) % k]
-                                                           for h in range(k - 1))
 
     def get_grammar_bitmask(self, scheduler_output: ESPSchedulerOutput):
         """None: each instance's bitmask was taken when its step was scheduled (an instance
@@ -551,11 +307,11 @@ class ESPScheduler(SchedulerInterface):
                     eco.scheduler_stats = None
                 if self.spans.spans:
                     self.spans.filter_outputs(eco)
-                _merge_engine_core_outputs(merged, client, eco)
+                merge_engine_core_outputs(merged, client, eco)
         for eco in merged.values():
             for o in eco.outputs:
                 if o.finish_reason is not None:
-                    self.decode_instances[self.spans.instances_of(o.request_id)] += 1
+                    self.stats.decode_instances[self.spans.instances_of(o.request_id)] += 1
                     self.pool.forget(o.request_id)
                     self.spans.release(o.request_id)
         self.spans.advance(frozenset(self.in_flight))
@@ -569,7 +325,7 @@ class ESPScheduler(SchedulerInterface):
             eco = next(iter(merged.values()), None)
             if eco is None:
                 merged[0] = eco = EngineCoreOutputs()
-            eco.scheduler_stats = self._aggregate_stats(stats)
+            eco.scheduler_stats = self._stats_for_vllm(stats)
         return merged
 
     def update_draft_token_ids(self, draft_token_ids) -> None:
@@ -633,37 +389,19 @@ class ESPScheduler(SchedulerInterface):
     def make_stats(self) -> SchedulerStats | None:
         if not self.log_stats:
             return None
-        return self._aggregate_stats([s.make_stats() for s in self.instances])
+        return self._stats_for_vllm([s.make_stats() for s in self.instances])
 
     def esp_stats(self) -> dict:
-        """Per-instance numbers for /metrics (lists indexed by instance id)."""
-        usages = self.pool.usages()
-        counts = [s.get_request_counts() for s in self.instances]
-        return {
-            "kv_used_blocks": [u.used_blocks for u in usages],
-            "kv_total_blocks": [u.total_blocks for u in usages],
-            "kv_usage": [u.usage for u in usages],
-            "running": [c[0] for c in counts],
-            "waiting": [c[1] for c in counts],
-            "preemptions": list(self.num_preemptions),
-            "dispatched": list(self.num_dispatched),
-            "esp_bytes_sent": list(self.esp_bytes),
-            # pool-wide counters
-            "spanning_requests": self.spans.num_spanning,
-            "scale_up": self.spans.num_scale_up,
-            "merge": self.spans.num_merge,
-            "master_moves": self.spans.num_master_moves,
-            "scale_down": self.spans.num_scale_down,
-            "span_recompute": self.spans.num_recompute,
-            "parallel_prefills": self.spans.num_parallel_prefills,
-            "ring_prefills": self.spans.num_ring_prefills,
-            "batched_ring_prefills": self.spans.num_batched_ring_prefills,
-            "planned_prefill_instances": dict(self.planned_prefills),
-            "prefill_instances": dict(self.spans.prefill_instances),
-            "decode_instances": dict(self.decode_instances),
-            "instances_alive": self.health.num_alive,
-            **self._prediction_stats(),
-        }
+        """Per-instance numbers and pool-wide counters for /metrics (``stats.ESPStats``)."""
+        return self.stats.snapshot(self.pool.usages(),
+                                   [s.get_request_counts() for s in self.instances],
+                                   self.health.num_alive, self._prediction_stats())
+
+    def _stats_for_vllm(self, stats: list[SchedulerStats | None]) -> SchedulerStats:
+        running, waiting = self.get_request_counts()
+        out = merge_scheduler_stats(stats, running, waiting, self.get_kv_cache_usage())
+        out.esp = self.esp_stats()  # field added by vllm_esp_patches.scheduler_stats_field
+        return out
 
     def _prediction_stats(self) -> dict:
         """Length-prediction error over all instances (length-aware policies only)."""
@@ -677,53 +415,6 @@ class ESPScheduler(SchedulerInterface):
             for predicted, actual in f["pairs"]:
                 union.record(predicted, int(actual))
         return {"prediction": {"predictor": found[0]["predictor"], **union.snapshot()}}
-
-    def _aggregate_stats(self, stats: list[SchedulerStats | None]) -> SchedulerStats:
-        stats = [s for s in stats if s is not None]
-        prefix = PrefixCacheStats()
-        for s in stats:
-            p = s.prefix_cache_stats
-            prefix.reset = prefix.reset or p.reset
-            prefix.requests += p.requests
-            prefix.queries += p.queries
-            prefix.hits += p.hits
-            prefix.preempted_requests += p.preempted_requests
-            prefix.preempted_queries += p.preempted_queries
-            prefix.preempted_hits += p.preempted_hits
-        running, waiting = self.get_request_counts()
-        out = SchedulerStats(
-            num_running_reqs=running,
-            num_waiting_reqs=waiting - sum(s.num_skipped_waiting_reqs for s in stats),
-            num_skipped_waiting_reqs=sum(s.num_skipped_waiting_reqs for s in stats),
-            kv_cache_usage=self.get_kv_cache_usage(),
-            prefix_cache_stats=prefix,
-            kv_cache_eviction_events=[e for s in stats for e in s.kv_cache_eviction_events],
-        )
-        out.esp = self.esp_stats()  # field added by vllm_esp_patches.scheduler_stats_field
-        return out
-
-
-def _attention_row_bytes(vllm_config) -> tuple[int, int, int]:
-    """Bytes per token over all layers (and TP ranks): a query or output row, its LSE, and
-    its K plus V rows."""
-    mc, pc = vllm_config.model_config, vllm_config.parallel_config
-    layers = mc.get_num_layers(pc)
-    heads = mc.get_num_attention_heads(pc) * pc.tensor_parallel_size
-    kv_heads = mc.get_num_kv_heads(pc) * pc.tensor_parallel_size
-    row = mc.get_head_size() * mc.dtype.itemsize
-    return layers * heads * row, layers * heads * 4, 2 * layers * kv_heads * row
-
-
-def _merge_engine_core_outputs(merged: dict[int, EngineCoreOutputs], client: int,
-                               eco: EngineCoreOutputs) -> None:
-    if client not in merged:
-        merged[client] = eco
-        return
-    base = merged[client]
-    base.outputs = list(base.outputs) + list(eco.outputs)
-    if eco.finished_requests:
-        base.finished_requests = (base.finished_requests or set()) | eco.finished_requests
-    base.timestamp = max(base.timestamp, eco.timestamp or time.monotonic())
 
 
 def _has_work(out: SchedulerOutput, plan, instance: int) -> bool:

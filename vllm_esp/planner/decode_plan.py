@@ -87,8 +87,8 @@ def fix_shortage(
     """
     while block_need(pool, batch) > block_supply(free, batch):
         if idle:
-            inst = max(idle, key=lambda i: (free[i], -i))
-            if free[inst] > 0:
+            inst = scale_up_target({i: free[i] for i in idle}, {})
+            if inst is not None:
                 idle.remove(inst)
                 batch.instances.add(inst)
                 batch.added.append(inst)
@@ -103,6 +103,19 @@ def fix_shortage(
             continue
         return _preempt_until_fits(pool, free, batch)
     return []
+
+
+def scale_up_target(idle_room: dict[int, int], busy_room: dict[int, int]) -> int | None:
+    """Where a decode short of blocks continues (the order of :func:`fix_shortage`): an idle
+    instance (no decode batch) with a free block first, the one with most room (then the
+    lowest id); else a busy instance with room, whose batch it joins (a merge), the one with
+    most room. None when no instance has a free block. The engine calls this for one request
+    at a time; the manager's plan for a whole batch."""
+    for room in (idle_room, busy_room):
+        fits = {i: r for i, r in room.items() if r >= 1}
+        if fits:
+            return max(fits, key=lambda i: (fits[i], -i))
+    return None
 
 
 def _best_donor(pool: PoolView, free: dict[int, int], others: list[BatchView]) -> BatchView | None:

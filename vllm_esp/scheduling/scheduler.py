@@ -32,6 +32,8 @@ from vllm.v1.core.sched.request_queue import create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
+from vllm_esp.config import ESPConfig
+from vllm_esp.integration.spanning import views
 from vllm_esp.predictor import PredictionErrorTracker, PredictRequest, make_predictor
 from vllm_esp.scheduling.config import SchedulingConfig
 from vllm_esp.scheduling.priority import JobState, PriorityEstimator
@@ -68,8 +70,8 @@ class AliseScheduler(Scheduler):
         self._queue_lock = threading.Lock()
         self._predict_queue: list[tuple[PredictRequest, Future]] = []
         self._predict_worker_busy = False
-        self.reconfigure(SchedulingConfig.from_additional_config(
-            self.vllm_config.additional_config))
+        self.reconfigure(ESPConfig.from_dict(
+            (self.vllm_config.additional_config or {}).get("esp")).scheduling)
 
     # ---------------------------------------------------------------- configuration -------
     def reconfigure(self, cfg: SchedulingConfig) -> None:
@@ -264,10 +266,9 @@ class AliseScheduler(Scheduler):
                                                    slot_wait, restore_s):
                 self.esp_stats["preempt_declined"] += 1
                 return
-            self.running.remove(victim)
             self._length_preempting = True
             try:
-                self._preempt_request(victim, now)
+                views.preempt(self, victim, now)
             finally:
                 self._length_preempting = False
 

@@ -1,4 +1,4 @@
-"""The global manager's batching step in the engine: which requests prefill together, where.
+"""The global manager's batching step: which new requests prefill together, where (stdlib).
 
 Once per engine step, the requests that arrived since the last step (at most
 ``MAX_REQUESTS_PER_STEP``) are planned together by the planner's dynamic program
@@ -7,7 +7,7 @@ the instances that can take a parallel prefill next step sorted by free blocks, 
 profile ``T_prefill(k; S1, S2)``. Each group of the optimal batching is a run of prompts on a
 run of instances: one instance means those prompts are dispatched there; k > 1 means they
 are prefilled together by one ring over those k instances, each keeping its KV on the ring's
-master when it fits (``spanning.SpanManager``). Plain data, no torch.
+master when it fits (the engine's ``integration.spanning``). Profiles are loaded here too.
 """
 
 from __future__ import annotations

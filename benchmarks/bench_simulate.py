@@ -37,6 +37,8 @@ def main(argv=None) -> int:
                    help="scale the arrival windows (%s s)" % DURATION)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rel-tol", type=float, default=0.1)
+    p.add_argument("--max-n", type=int, default=MAX_N,
+                   help="most requests per run (caps the searchable rate at max_n / window)")
     args = p.parse_args(argv)
 
     from tqdm import tqdm
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     bar = tqdm(total=len(datasets) * len(systems), desc="searches")
     t0 = time.time()
     for ds in datasets:
-        pool = generate(ds, MAX_N, args.seed)  # each run uses a prefix: same requests
+        pool = generate(ds, args.max_n, args.seed)  # each run uses a prefix: same requests
         window = DURATION[ds] * args.duration_scale
         slo = LOONGSERVE_SLOS[ds]
         curves = {}
@@ -68,8 +70,8 @@ def main(argv=None) -> int:
             rs = RunSpec(system, cost, spec, args.seed)
             start = START_RATE[ds]
             res = search_max_rate(rs, pool, slo, start=start, rel_tol=args.rel_tol,
-                                  n_for_rate=lambda r: min(MAX_N, max(MIN_N, int(r * window))),
-                                  hi=MAX_N / window,
+                                  n_for_rate=lambda r: min(args.max_n, max(MIN_N, int(r * window))),
+                                  hi=args.max_n / window,
                                   on_eval=lambda r, s, ok: bar.set_postfix(rate=f"{r:.3g}",
                                                                           ok=ok))
             table.setdefault(ds, {})[system] = res.max_rate

@@ -30,7 +30,8 @@ from .decode_plan import (
     drop_empty_instances,
     fix_shortage,
 )
-from .dispatch import DispatchInput, dispatch, prune_bypass
+from .dispatch import DispatchInput, dispatch
+from .latency import LatencyWeights
 from .keep_ranges import pack_keep_ranges
 from .state import ClusterState
 from .types import DecodeBatch, IterationPlan, PrefillBatch, Request, ScaleEvent
@@ -44,8 +45,8 @@ class ManagerConfig:
     max_prefill_tokens: int = 1 << 20  # tokens prefilled per iteration
     max_prefill_requests: int = 32  # requests admitted per iteration (bounds the DP)
     admission_fraction: float = 1.0  # share of the pool the worst-case check may promise
-    lookahead: int = 8  # requests scanned past the first one that cannot be admitted
-    max_bypass: int = 8  # times a request may be passed before it blocks the queue
+    lookahead: int = 32  # requests scanned past the first one that cannot be admitted
+    slo: LatencyWeights | None = None  # s/token per normalised latency (None: all 1)
     decode_minibatch: int = 16  # requests per master (compute-efficient mini-batch)
     max_group_size: int | None = None  # instances per prefill group (None: all)
     compaction: bool = True
@@ -61,7 +62,6 @@ class GlobalManager:
     def __init__(self, cost: CostModel, cfg: ManagerConfig | None = None):
         self.cost = cost
         self.cfg = cfg or ManagerConfig()
-        self.bypass: dict[str, int] = {}  # req_id -> times passed by out-of-order admission
 
     def plan(self, state: ClusterState, now: float) -> IterationPlan:
         plan = IterationPlan()
@@ -76,7 +76,7 @@ class GlobalManager:
         disp = dispatch(
             DispatchInput(state.waiting, running, free, list(idle), pausable,
                           sum(state.pool.capacity.values()), state.block_size, now),
-            self.cost, self.cfg, self.bypass,
+            self.cost, self.cfg,
         )
         plan.rejected = disp.rejected
         paused_ids = {b.batch_id for b in disp.paused}
@@ -92,7 +92,6 @@ class GlobalManager:
 
         self._plan_prefills(state, disp.admitted, alloc.instances, free, paused, plan)
         self._plan_decodes(view, free, [b for b in batches if b in runnable or b.batch_id in pinned], plan)
-        self.bypass = prune_bypass(self.bypass, state.waiting)
         times = [b.predicted_time for b in plan.prefill] + [d.predicted_time for d in plan.decode]
         plan.predicted_time = sum(self.cost.migration_time(m.num_tokens) for m in plan.migrations)
         plan.predicted_time += max(times, default=0.0)

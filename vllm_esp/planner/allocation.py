@@ -104,7 +104,7 @@ def _compact(b, view, free, cost, s1, s2, rate, w_b, k, out) -> int | None:
         free[m.dst] -= blocks_for(cur_dst + m.num_tokens, bs) - blocks_for(cur_dst, bs)
         where[m.dst] = cur_dst + m.num_tokens
         free[m.src] += blocks_for(where.pop(m.src), bs)
-        view.placement.maps[0][m.req_id] = where
+        view.override(m.req_id, where)
     out.migrations.extend(moves)
     b.instances.discard(src)
     b.removed.append(src)

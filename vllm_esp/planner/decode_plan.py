@@ -27,13 +27,20 @@ from .kv_pool import KVPool
 
 
 class PoolView:
-    """Read-only view of a :class:`KVPool` with planned migrations overlaid (no copy)."""
+    """Read-only view of a :class:`KVPool` with planned migrations overlaid (no copy): the
+    pool's own placement dict until the first ``override``, then a ChainMap over it."""
 
     __slots__ = ("block_size", "placement")
 
     def __init__(self, pool: KVPool, overrides: dict[str, dict[int, int]] | None = None):
         self.block_size = pool.block_size
-        self.placement = ChainMap(overrides if overrides is not None else {}, pool.placement)
+        self.placement = ChainMap(overrides, pool.placement) if overrides else pool.placement
+
+    def override(self, req_id: str, where: dict[int, int]) -> None:
+        """Plan ``req_id``'s KV as ``where`` ({instance: tokens}); the pool is untouched."""
+        if not isinstance(self.placement, ChainMap):
+            self.placement = ChainMap({}, self.placement)
+        self.placement.maps[0][req_id] = where
 
 
 @dataclass(slots=True, eq=False)

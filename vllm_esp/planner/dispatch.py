@@ -26,7 +26,8 @@ which enough live requests will have finished (each at most its expected output)
 worst case to fit, and the ``extra`` blocks left at that step. A later request may still start
 if it fits now and either finishes (at its expected output) before ``t_head`` or fits in
 ``extra``, so it never delays the head, and short requests keep flowing behind a long one.
-Scan order: the first ``max_prefill_requests + lookahead`` requests in queue order (the oldest,
+Scan order (``out_of_order``, the default; otherwise strictly FIFO, stopping at the first
+request not admitted): the first ``max_prefill_requests + lookahead`` requests in queue order (the oldest,
 so aged requests get their turn), then the ``lookahead`` shortest prompts of the rest (WSPT:
 a short prompt's waiting rate per second of prefill is the highest, so it is the cheapest
 to admit). A queue led by long prompts the cost rule refuses no longer hides the short ones
@@ -55,6 +56,8 @@ class DispatchInput:
     capacity_blocks: int  # all blocks of the pool
     block_size: int
     now: float  # seconds
+    shortest: list[Request] | None = None  # waiting by prefill length, if the caller keeps it
+    memo: dict | None = None  # per-request constants kept across calls by the caller
 
 
 @dataclass(slots=True)
@@ -70,9 +73,18 @@ def slo_of(cfg) -> LatencyWeights:
 
 
 def decode_weight(batch: BatchView, running: dict[str, Request],
-                  w: LatencyWeights = UNWEIGHTED) -> float:
-    """Σ decode rates over a batch (1/s): SLO-normalised latency lost per second of pause."""
-    return sum(decode_rate(running[rid], w) for rid in batch.req_ids)
+                  w: LatencyWeights = UNWEIGHTED, memo: dict | None = None) -> float:
+    """Σ decode rates over a batch (1/s): SLO-normalised latency lost per second of pause.
+    ``memo``: req_id -> rate, kept by the caller (a running request's rate never changes)."""
+    if memo is None:
+        return sum(decode_rate(running[rid], w) for rid in batch.req_ids)
+    total = 0.0
+    for rid in batch.req_ids:
+        rate = memo.get(rid)
+        if rate is None:
+            rate = memo[rid] = decode_rate(running[rid], w)
+        total += rate
+    return total
 
 
 def remaining_decode_time(batch: BatchView, running: dict[str, Request], cost: CostModel) -> float:
@@ -129,27 +141,31 @@ def dispatch(inp: DispatchInput, cost: CostModel, cfg) -> DispatchResult:
     w = slo_of(cfg)
     budget = int(cfg.admission_fraction * inp.capacity_blocks)
     worst = sum(worst_case_blocks(r, bs) for r in inp.running.values())
-    weight = {b.batch_id: decode_weight(b, inp.running, w) for b in inp.pausable}
-    pausable = sorted(inp.pausable, key=lambda b: (
-        weight[b.batch_id] / max(1, sum(inp.free[i] for i in b.instances)), b.batch_id))
+    pausable, prefix = _pause_order(inp, w)
+    most = prefix[-1][1]  # free blocks if every pausable batch paused: KV now, at best
     remaining: dict[int, float] = {}
-    n_inst = len(inp.idle)
-    avail = sum(inp.free[i] for i in inp.idle)
+    coeffs: dict = {}
+    p = 0  # batches paused so far (a prefix of ``pausable``)
     s1 = s2 = need = 0
-    w_paused = 0.0
     t_cur = 0.0
+    now, lookahead, in_order = inp.now, cfg.lookahead, not cfg.out_of_order
     backfill: _Backfill | None = None
-    for req in scan_order(inp.waiting, cfg.max_prefill_requests + cfg.lookahead, cfg.lookahead):
-        l = req.prefill_len
-        r_need = blocks_for(l, bs)
-        if blocks_for(l + 1, bs) > inp.capacity_blocks:
+    if in_order:
+        order = inp.waiting[:cfg.max_prefill_requests + 1]
+    else:
+        order = scan_order(inp.waiting, lookahead, lookahead, inp.shortest)
+    memo = inp.memo if inp.memo is not None else {}
+    for req in order:
+        got = memo.get(req.req_id)
+        if got is None or got[0] != req.output_len:
+            got = memo[req.req_id] = _constants(req, bs, w)
+        _, l, r_need, r_worst, r_steps, rate = got
+        if -(-(l + 1) // bs) > inp.capacity_blocks:
             res.rejected.append(req.req_id)
             continue
         if len(res.admitted) >= cfg.max_prefill_requests:
             break
         empty = not inp.running and not res.admitted
-        r_worst = worst_case_blocks(req, bs)
-        r_steps = expected_output(req) + 1
         fits = empty or worst + r_worst <= budget
         if fits and backfill is not None and not backfill.allows(r_steps, r_worst):
             fits = False
@@ -157,46 +173,97 @@ def dispatch(inp: DispatchInput, cost: CostModel, cfg) -> DispatchResult:
             if backfill is None and not empty:
                 backfill = _Backfill(*reservation(r_worst, budget, _live(inp, res, bs)))
                 res.head = req.req_id
+            if in_order:
+                break
             continue
-        ok = not res.admitted or s1 + l <= cfg.max_prefill_tokens
-        # pause decode batches until the prompt's KV fits
-        newly: list[BatchView] = []
-        k, a = n_inst, avail
-        while ok and need + r_need > a and len(newly) < len(pausable) - len(res.paused):
-            b = pausable[len(res.paused) + len(newly)]
-            newly.append(b)
-            k += len(b.instances)
-            a += sum(inp.free[i] for i in b.instances)
-        ok = ok and need + r_need <= a and k > 0
+        need2 = need + r_need
+        if need2 > most or (res.admitted and s1 + l > cfg.max_prefill_tokens):
+            if in_order:
+                break
+            continue
+        j = p  # pause the cheapest batches until the prompt's KV fits
+        while prefix[j][1] < need2:
+            j += 1
+        k, _, w_j = prefix[j]
+        ok = k > 0
         if ok:
-            t_new = cost.prefill_time(k, s1 + l, s2 + l * l)
+            c = coeffs.get(k) or coeffs.setdefault(k, cost.prefill_coeffs(k))
+            t_new = c.a + c.b * (s1 + l) + c.c * (s2 + l * l)
             ok = not res.admitted or cfg.max_prefill_time is None or t_new <= cfg.max_prefill_time
-            w_new = sum(weight[b.batch_id] for b in newly)
-            cost_paused = (t_new - t_cur) * w_paused + t_new * w_new
-            avoided = max([t_new] + [_remaining(b, inp, cost, remaining) for b in newly])
-            gain = waiting_rate(req, w) * (max(0.0, inp.now - req.arrival_time) + avoided)
-            ok = ok and gain >= cost_paused
+            w_old = prefix[p][2]
+            cost_paused = (t_new - t_cur) * w_old + t_new * (w_j - w_old)
+            if ok and cost_paused > 0.0:
+                avoided = t_new
+                for b in pausable[p:j]:
+                    avoided = max(avoided, _remaining(b, inp, cost, remaining))
+                age = now - req.arrival_time
+                ok = rate * ((age if age > 0.0 else 0.0) + avoided) >= cost_paused
         if not ok:
+            if in_order:
+                break
             continue
         if backfill is not None:
             backfill.take(r_steps, r_worst)
         res.admitted.append(req)
-        res.paused.extend(newly)
-        n_inst, avail = k, a
-        s1, s2, need = s1 + l, s2 + l * l, need + r_need
+        res.paused.extend(pausable[p:j])
+        p = j
+        s1, s2, need = s1 + l, s2 + l * l, need2
         worst += r_worst
-        w_paused += w_new
         t_cur = t_new
     return res
 
 
-def scan_order(waiting: list[Request], first: int, shortest: int) -> list[Request]:
-    """The ``first`` requests in queue order, then the ``shortest`` shortest of the rest."""
+def _pause_order(inp: DispatchInput, w: LatencyWeights):
+    """Pausable batches, cheapest first (lowest decode rate per free block), and after pausing
+    the first ``j`` of them: ``prefix[j] = (instances, free blocks, Σ decode rates)``."""
+    rates = inp.memo.setdefault("decode rates", {}) if inp.memo is not None else None
+    weight = {b.batch_id: decode_weight(b, inp.running, w, rates) for b in inp.pausable}
+    room = {b.batch_id: sum(inp.free[i] for i in b.instances) for b in inp.pausable}
+    pausable = inp.pausable if len(inp.pausable) < 2 else sorted(
+        inp.pausable, key=lambda b: (weight[b.batch_id] / max(1, room[b.batch_id]), b.batch_id))
+    k, a, wt = len(inp.idle), sum(inp.free[i] for i in inp.idle), 0.0
+    prefix = [(k, a, wt)]
+    for b in pausable:
+        k, a, wt = k + len(b.instances), a + room[b.batch_id], wt + weight[b.batch_id]
+        prefix.append((k, a, wt))
+    return pausable, prefix
+
+
+def scan_order(waiting: list[Request], first: int, shortest: int,
+               by_length: list[Request] | None = None) -> list[Request]:
+    """The ``first`` requests in queue order, then the ``shortest`` shortest of the rest.
+    ``by_length``: at least ``first + shortest`` waiting requests, shortest first (ties:
+    older first), from an index the caller keeps; without it the queue is searched."""
     if len(waiting) <= first + shortest:
         return waiting
-    rest = heapq.nsmallest(shortest, enumerate(waiting[first:]),
-                           key=lambda ir: (ir[1].prefill_len, ir[0]))
-    return waiting[:first] + [r for _, r in rest]
+    head = waiting[:first]
+    if by_length is None:
+        rest = heapq.nsmallest(shortest, enumerate(waiting[first:]),
+                               key=lambda ir: (ir[1].prefill_len, ir[0]))
+        return head + [r for _, r in rest]
+    seen = {id(r) for r in head}
+    return head + [r for r in by_length if id(r) not in seen][:shortest]
+
+
+def _constants(req: Request, bs: int, w: LatencyWeights) -> tuple:
+    """What dispatch needs of a waiting request, fixed while it waits: (output_len it was
+    computed at, prefill tokens, blocks of its prompt, worst-case blocks, decode steps at
+    most + 1, waiting rate)."""
+    total = req.expected_total_tokens()
+    l = req.prefill_len
+    return (req.output_len, l, -(-l // bs), -(-total // bs) + 1,
+            max(1, total - req.prompt_len) + 1, waiting_rate(req, w))
+
+
+def forget(memo: dict, waiting: list[Request], running) -> None:
+    """Drop what ``memo`` keeps of requests no longer waiting (or running), once it is big."""
+    if len(memo) > 2 * len(waiting) + 256:
+        keep = {r.req_id for r in waiting} | {"decode rates"}
+        for rid in [rid for rid in memo if rid not in keep]:
+            del memo[rid]
+    rates = memo.get("decode rates")
+    if rates is not None and len(rates) > 2 * len(running) + 256:
+        memo["decode rates"] = {rid: v for rid, v in rates.items() if rid in running}
 
 
 def _remaining(b: BatchView, inp: DispatchInput, cost: CostModel, memo: dict[int, float]) -> float:

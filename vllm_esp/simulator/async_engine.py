@@ -47,7 +47,7 @@ class AsyncPlannerEngine(PlannerEngine):
         view.pool.placement = {rid: st.pool.placement[rid] for rid in rids
                                if rid in st.pool.placement}
         view.running = {rid: st.running[rid] for rid in rids}
-        view.waiting = st.waiting
+        view.share_queue(st)
         view.next_batch_id = st.next_batch_id
         return view
 
@@ -63,11 +63,11 @@ class AsyncPlannerEngine(PlannerEngine):
             self.rejected.extend(plan.rejected)
         if not self._runnable(plan, view, now):
             return None
-        waiting = {r.req_id: r for r in self.state.waiting}
+        waiting = self.state.waiting_request
         t_mig = sum(self.cost.migration_time(m.num_tokens) for m in plan.migrations)
         new = []
         for pb in plan.prefill:
-            lens = [waiting[rid].prefill_len for rid in pb.req_ids]
+            lens = [waiting(rid).prefill_len for rid in pb.req_ids]
             t = self.cost.prefill_time(len(pb.instances), sum(lens), sum(x * x for x in lens))
             new.append((now + t_mig + max(t, 1e-9), frozenset(pb.instances), list(pb.req_ids),
                         []))

@@ -41,10 +41,9 @@ class IterationRecord:
 
 def plan_time(plan: IterationPlan, state: ClusterState, cost: CostModel) -> float:
     """Seconds ``plan`` takes on ``state`` (before ``apply_plan``), per the module formula."""
-    waiting = {r.req_id: r for r in state.waiting}
     t_batches = 0.0
     for pb in plan.prefill:
-        lens = [waiting[rid].prefill_len for rid in pb.req_ids]
+        lens = [state.waiting_request(rid).prefill_len for rid in pb.req_ids]
         t = cost.prefill_time(len(pb.instances), sum(lens), sum(x * x for x in lens))
         t_batches = max(t_batches, t)
     for db in plan.decode:

@@ -26,7 +26,7 @@ class StaticSPPolicy:
 
     def __init__(self, cost: CostModel, cfg: ManagerConfig | None = None):
         self.cost = cost
-        self.cfg = cfg or ManagerConfig(lookahead=0, compaction=False)
+        self.cfg = cfg or ManagerConfig(out_of_order=False, compaction=False)
 
     def plan(self, state: ClusterState, now: float) -> IterationPlan:
         plan = IterationPlan()

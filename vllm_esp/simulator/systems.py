@@ -107,8 +107,11 @@ def kv_tokens_from_memory(cost: CostModel, gpu_mem_gb: float = 80.0, weights_gb:
 
 
 def build(system: str, cost: CostModel, spec: ClusterSpec, manager_cfg=None,
-          keep_trace: bool = False, validate: bool = False) -> tuple[list[Engine], Router]:
-    """Fresh engines (no shared state with earlier runs) and the router of ``system``."""
+          keep_trace: bool = False, validate: bool = False,
+          loongserve_cfg=None) -> tuple[list[Engine], Router]:
+    """Fresh engines (no shared state with earlier runs) and the router of ``system``.
+    ``manager_cfg`` configures the planner policies, ``loongserve_cfg`` (a
+    ``LoongServeConfig``) the ``loongserve`` one."""
     from vllm_esp.planner.policies import make_policy  # lazy: keeps CLI --help light
 
     system, budget = parse_system(system)
@@ -123,7 +126,7 @@ def build(system: str, cost: CostModel, spec: ClusterSpec, manager_cfg=None,
     if system == "loongserve":
         from vllm_esp.simulator.loongserve_engine import LoongServeEngine
 
-        e = LoongServeEngine(system, make_policy("loongserve", cost, manager_cfg), cost, n, bpi,
+        e = LoongServeEngine(system, make_policy("loongserve", cost, loongserve_cfg), cost, n, bpi,
                              bs, **planner)
         return [e], lambda r: e
     if system in ("esp", "static_sp"):

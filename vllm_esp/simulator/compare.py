@@ -1,0 +1,81 @@
+"""Max request rate under an SLO for several systems on one workload, and ESP's ratios to them.
+
+Shared by ``benchmarks/bench_simulate.py``, ``vllm-esp simulate --search`` and the CI table
+test. Each run of a search uses a prefix of the same request pool, as many requests as arrive
+in a fixed *window* at that rate (``window_n``): a fixed request count would turn high rates
+into one short burst that "meets" the SLO at any rate. ``loongserve`` runs with LoongServe's
+evaluation settings for the dataset (``EVAL_SETTINGS``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vllm_esp.metrics import SLO, SearchResult
+from vllm_esp.planner import CostModel
+from vllm_esp.simulator.runner import RunSpec, search_max_rate
+from vllm_esp.simulator.systems import ClusterSpec, parse_system
+from vllm_esp.workloads import Request
+
+ESP_SYSTEMS = ("esp_async", "esp")  # this project's manager (the rest are baselines)
+
+
+def window_n(rate: float, window: float, min_n: int, max_n: int) -> int:
+    """Requests arriving in ``window`` seconds at ``rate`` req/s, clamped to [min_n, max_n]."""
+    return min(max_n, max(min_n, int(rate * window)))
+
+
+def run_spec(system: str, cost: CostModel, spec: ClusterSpec, dataset: str | None,
+             seed: int = 0, manager_cfg=None) -> RunSpec:
+    """The run of ``system``; ``loongserve`` gets its evaluation settings for ``dataset``."""
+    from vllm_esp.planner.policies import EVAL_SETTINGS, LoongServeConfig
+
+    ls = None
+    if parse_system(system)[0] == "loongserve":
+        ls = LoongServeConfig(**EVAL_SETTINGS.get(dataset or "", {}))
+    return RunSpec(system, cost, spec, seed, manager_cfg=manager_cfg, loongserve_cfg=ls)
+
+
+@dataclass
+class Comparison:
+    """Search results of every system on one dataset."""
+
+    dataset: str
+    results: dict[str, SearchResult] = field(default_factory=dict)
+
+    def rate(self, system: str) -> float:
+        return self.results[system].max_rate
+
+    def best_baseline(self) -> tuple[str, float]:
+        """The baseline (not ESP) with the highest max rate."""
+        base = {s: r.max_rate for s, r in self.results.items() if s not in ESP_SYSTEMS}
+        if not base:
+            raise ValueError("no baseline in this comparison")
+        name = max(base, key=lambda s: (base[s], s))
+        return name, base[name]
+
+    def ratio(self, system: str, other: str) -> float:
+        a, b = self.rate(system), self.rate(other)
+        return a / b if b > 0 else (math.inf if a > 0 else math.nan)
+
+
+def compare(systems: list[str], cost: CostModel, spec: ClusterSpec, dataset: str,
+            pool: list[Request], slo: SLO, window: float, start: float, min_n: int = 40,
+            max_n: int | None = None, rel_tol: float = 0.1, seed: int = 0,
+            manager_cfg=None,
+            on_eval: Callable[[str, float, object, bool], None] | None = None) -> Comparison:
+    """Search the max rate of each system; runs use prefixes of ``pool`` (``window_n``)."""
+    max_n = max_n or len(pool)
+    if max_n > len(pool):
+        raise ValueError(f"max_n={max_n} exceeds the pool of {len(pool)} requests")
+    out = Comparison(dataset)
+    for system in systems:
+        rs = run_spec(system, cost, spec, dataset, seed, manager_cfg)
+        out.results[system] = search_max_rate(
+            rs, pool, slo, start=start, rel_tol=rel_tol,
+            n_for_rate=lambda r: window_n(r, window, min_n, max_n), hi=max_n / window,
+            on_eval=(lambda r, s, ok, system=system: on_eval(system, r, s, ok))
+            if on_eval else None)
+    return out

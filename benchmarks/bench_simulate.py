@@ -21,10 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-# Requests per run = rate × DURATION (at least MIN_N, at most --max-n): a fixed arrival window.
-DURATION = {"sharegpt": 60.0, "leval": 300.0, "lveval": 1200.0, "mixed": 600.0}  # s
+# Requests per run = rate × window (at least MIN_N, at most --max-n): a fixed arrival window
+# (simulator/compare.py WINDOWS: ShareGPT 60 s, L-Eval 300 s, LV-Eval 1200 s, Mixed 600 s).
 MIN_N, MAX_N = 40, 12000
-START_RATE = {"sharegpt": 4.0, "leval": 0.5, "lveval": 0.05, "mixed": 0.2}  # req/s guesses
 SYSTEMS = "esp_async,esp,loongserve,static_sp,replicas,chunked,chunked_dp,disagg"
 PAPER = "LoongServe (paper): up to 3.85x vs chunked prefill, 5.81x vs disaggregation"
 RESULTS = Path(__file__).parent / "results"
@@ -45,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", default="8192,16384",
                    help="extra token budgets for the batching systems ('' for none)")
     p.add_argument("--duration-scale", type=float, default=1.0,
-                   help="scale the arrival windows (%s s)" % DURATION)
+                   help="scale the arrival windows (simulator/compare.py WINDOWS)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rel-tol", type=float, default=0.1)
     p.add_argument("--max-n", type=int, default=MAX_N,
@@ -57,7 +56,7 @@ def main(argv=None) -> int:
     from vllm_esp.metrics import LOONGSERVE_SLOS, markdown_table
     from vllm_esp.metrics.plots import plot_latency_vs_rate
     from vllm_esp.planner.cost_model import load_builtin
-    from vllm_esp.simulator.compare import compare
+    from vllm_esp.simulator.compare import START_RATES, WINDOWS, compare
     from vllm_esp.simulator.systems import ClusterSpec, kv_tokens_from_memory, serving_defaults
     from vllm_esp.workloads import generate
 
@@ -74,13 +73,13 @@ def main(argv=None) -> int:
     t0 = time.time()
     for ds in datasets:
         pool = generate(ds, args.max_n, args.seed)  # each run uses a prefix: same requests
-        window = DURATION[ds] * args.duration_scale
+        window = WINDOWS[ds] * args.duration_scale
         comp = None
         for system in systems:
             bar.set_description(f"{ds}/{system}")
             c0 = time.process_time()
             one = compare([system], cost, spec, ds, pool, LOONGSERVE_SLOS[ds], window,
-                          START_RATE[ds], MIN_N, args.max_n, args.rel_tol, args.seed,
+                          START_RATES[ds], MIN_N, args.max_n, args.rel_tol, args.seed,
                           on_eval=lambda s, r, summ, ok: bar.set_postfix(rate=f"{r:.3g}", ok=ok))
             cpu[(ds, system)] = time.process_time() - c0
             if comp is None:

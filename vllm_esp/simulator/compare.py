@@ -20,6 +20,12 @@ from vllm_esp.simulator.systems import ClusterSpec, parse_system
 from vllm_esp.workloads import Request
 
 ESP_SYSTEMS = ("esp_async", "esp")  # this project's manager (the rest are baselines)
+# per workload: arrival window (s), first rate of a search and rate range of a sweep (req/s)
+WINDOWS = {"sharegpt": 60.0, "leval": 300.0, "lveval": 1200.0, "mixed": 600.0}
+START_RATES = {"sharegpt": 4.0, "leval": 0.5, "lveval": 0.05, "mixed": 0.2}
+SWEEPS = {"sharegpt": (5.0, 160.0), "leval": (0.5, 8.0), "lveval": (0.05, 1.6),
+          "mixed": (0.25, 8.0)}
+DEFAULT_WINDOW, DEFAULT_START, DEFAULT_SWEEP = 300.0, 0.5, (0.25, 8.0)
 
 
 def window_n(rate: float, window: float, min_n: int, max_n: int) -> int:
@@ -59,6 +65,27 @@ class Comparison:
     def ratio(self, system: str, other: str) -> float:
         a, b = self.rate(system), self.rate(other)
         return a / b if b > 0 else (math.inf if a > 0 else math.nan)
+
+
+def sweep_systems(systems: list[str], cost: CostModel, spec: ClusterSpec, dataset: str,
+                  pool: list[Request], rates: list[float], window: float, min_n: int = 40,
+                  seed: int = 0, manager_cfg=None,
+                  on_run: Callable[[str, float, object], None] | None = None
+                  ) -> dict[str, dict[float, object]]:
+    """``{system: {rate: Summary}}``: every system at every rate, ``window_n`` requests each."""
+    from vllm_esp.metrics import summarize
+    from vllm_esp.simulator.runner import simulate
+
+    out: dict[str, dict[float, object]] = {}
+    for system in systems:
+        rs = run_spec(system, cost, spec, dataset, seed, manager_cfg)
+        out[system] = {}
+        for rate in rates:
+            reqs = pool[:window_n(rate, window, min_n, len(pool))]
+            out[system][rate] = summarize(simulate(rs, reqs, rate))
+            if on_run:
+                on_run(system, rate, out[system][rate])
+    return out
 
 
 def compare(systems: list[str], cost: CostModel, spec: ClusterSpec, dataset: str,

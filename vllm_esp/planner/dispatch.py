@@ -75,14 +75,18 @@ def slo_of(cfg) -> LatencyWeights:
 def decode_weight(batch: BatchView, running: dict[str, Request],
                   w: LatencyWeights = UNWEIGHTED, memo: dict | None = None) -> float:
     """Σ decode rates over a batch (1/s): SLO-normalised latency lost per second of pause.
-    ``memo``: req_id -> rate, kept by the caller (a running request's rate never changes)."""
+    ``memo``: req_id -> rate, kept by the caller (fixed while a request runs, unless a
+    predictor's estimate moves with its output)."""
     if memo is None:
         return sum(decode_rate(running[rid], w) for rid in batch.req_ids)
     total = 0.0
     for rid in batch.req_ids:
         rate = memo.get(rid)
         if rate is None:
-            rate = memo[rid] = decode_rate(running[rid], w)
+            r = running[rid]
+            rate = decode_rate(r, w)
+            if r.predicted_output_len is None:  # a prediction moves with the output
+                memo[rid] = rate
         total += rate
     return total
 
@@ -140,7 +144,7 @@ def dispatch(inp: DispatchInput, cost: CostModel, cfg) -> DispatchResult:
     bs = inp.block_size
     w = slo_of(cfg)
     budget = int(cfg.admission_fraction * inp.capacity_blocks)
-    worst = sum(worst_case_blocks(r, bs) for r in inp.running.values())
+    worst = _running_worst(inp, bs)
     pausable, prefix = _pause_order(inp, w)
     most = prefix[-1][1]  # free blocks if every pausable batch paused: KV now, at best
     remaining: dict[int, float] = {}
@@ -213,6 +217,22 @@ def dispatch(inp: DispatchInput, cost: CostModel, cfg) -> DispatchResult:
     return res
 
 
+def _running_worst(inp: DispatchInput, bs: int) -> int:
+    """Σ worst-case blocks of the running requests (each fixed while it runs: memoised)."""
+    if inp.memo is None:
+        return sum(worst_case_blocks(r, bs) for r in inp.running.values())
+    memo = inp.memo.setdefault("worst blocks", {})
+    total = 0
+    for rid, r in inp.running.items():
+        b = memo.get(rid)
+        if b is None:
+            b = worst_case_blocks(r, bs)
+            if r.predicted_output_len is None:  # a prediction moves with the output
+                memo[rid] = b
+        total += b
+    return total
+
+
 def _pause_order(inp: DispatchInput, w: LatencyWeights):
     """Pausable batches, cheapest first (lowest decode rate per free block), and after pausing
     the first ``j`` of them: ``prefix[j] = (instances, free blocks, Σ decode rates)``."""
@@ -241,7 +261,7 @@ def scan_order(waiting: list[Request], first: int, shortest: int,
         rest = heapq.nsmallest(shortest, enumerate(waiting[first:]),
                                key=lambda ir: (ir[1].prefill_len, ir[0]))
         return head + [r for _, r in rest]
-    seen = {id(r) for r in head}
+    seen = set(map(id, head))
     return head + [r for r in by_length if id(r) not in seen][:shortest]
 
 
@@ -258,12 +278,13 @@ def _constants(req: Request, bs: int, w: LatencyWeights) -> tuple:
 def forget(memo: dict, waiting: list[Request], running) -> None:
     """Drop what ``memo`` keeps of requests no longer waiting (or running), once it is big."""
     if len(memo) > 2 * len(waiting) + 256:
-        keep = {r.req_id for r in waiting} | {"decode rates"}
+        keep = {r.req_id for r in waiting} | {"decode rates", "worst blocks"}
         for rid in [rid for rid in memo if rid not in keep]:
             del memo[rid]
-    rates = memo.get("decode rates")
-    if rates is not None and len(rates) > 2 * len(running) + 256:
-        memo["decode rates"] = {rid: v for rid, v in rates.items() if rid in running}
+    for key in ("decode rates", "worst blocks"):
+        kept = memo.get(key)
+        if kept is not None and len(kept) > 2 * len(running) + 256:
+            memo[key] = {rid: v for rid, v in kept.items() if rid in running}
 
 
 def _remaining(b: BatchView, inp: DispatchInput, cost: CostModel, memo: dict[int, float]) -> float:

@@ -71,7 +71,9 @@ class GlobalManager:
         free = {i: state.pool.free_blocks(i) for i in state.pool.capacity}
         idle = state.idle_instances()
         batches = self._reserve_decodes(state, view, free, idle, plan)
-        running = {rid: r for rid, r in state.running.items() if rid not in set(plan.preempted)}
+        gone = set(plan.preempted)
+        running = {rid: r for rid, r in state.running.items() if rid not in gone} if gone \
+            else state.running
         pinned = {b.batch_id for b in batches if b.added or b.merged_from}
         pausable = [b for b in batches if b.batch_id not in pinned]
 

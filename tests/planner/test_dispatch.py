@@ -106,6 +106,33 @@ def test_slo_weights_price_both_sides():
     assert _admitted(GlobalManager(cost_model(), cfg).plan(st, now=0.0)) == ["long"]
 
 
+def _busy_batch(out):
+    # 50 decodes on one instance (prompt 10, 2 of ``out`` tokens produced), 600 blocks.
+    st = cluster([600])
+    for i in range(50):
+        make_running(st, 0, f"d{i}", {0: 11}, prompt=10, out=out)
+    st.add_request(req("long", 2000, 10, arrival=0.0))
+    return st
+
+
+def test_starved_prompt_stops_deferring_after_twice_its_alone_time():
+    # W = 50 (1/99 + 1/110) = 0.96/s; drain = 98 steps x decode_time(1, 50, 600) = 5.94 s.
+    # "long": T = 0.21 s, cost 0.21 x 0.96 = 0.20; rate 1/2000 + 1/2010: by WSPT it would wait
+    # until age 196 s. Alone it takes 0.21 + 10 x decode_time(1, 1, 2005) = 0.34 s, so after
+    # 2 x 0.34 = 0.68 s (starvation_factor 2) it pauses the batch: its 0.21 s pause is shorter
+    # than the 5.94 s the batch needs anyway, so the batch would never have drained for it.
+    mgr = GlobalManager(cost_model())
+    assert _admitted(mgr.plan(_busy_batch(100), now=0.6)) == []
+    assert _admitted(mgr.plan(_busy_batch(100), now=0.7)) == ["long"]
+
+
+def test_no_starvation_pause_longer_than_the_batch_needs():
+    # the same, but the decodes end in 1 step (drain 0.06 s < T = 0.21 s): waiting costs the
+    # prompt less than stalling 50 nearly finished decodes, whatever its age.
+    mgr = GlobalManager(cost_model())
+    assert _admitted(mgr.plan(_busy_batch(3), now=5.0)) == []
+
+
 def test_scan_order_oldest_then_shortest():
     q = [req(f"r{i}", p) for i, p in enumerate([900, 800, 700, 50, 600, 40, 40, 500])]
     got = [r.req_id for r in scan_order(q, 3, 2)]

@@ -14,11 +14,15 @@ Scanned in queue order. A request ``r`` (prefill length ``l``) is admitted when 
 * **cost in one unit** (latency.py): what admitting ``r`` costs the decodes it pauses must not
   exceed what it saves ``r``, both in SLO-normalised latency. Cost: the extra prefill time
   ``ΔT`` times the decode rates of batches already paused, plus the whole prefill time times
-  those newly paused. Gain: ``r``'s waiting rate times the delay it avoids, ``wait so far +
-  max(T_prefill, remaining decode time of the batches it pauses)`` — not admitting ``r`` makes
-  it wait for those batches (WSPT order of a prefill and a batch's remaining decode); the age
-  term makes the rule starvation-free. Idle instances cost nothing, so their prefills always
-  pass.
+  those newly paused. Gain: ``r``'s waiting rate times the delay it avoids, ``age +
+  max(T_prefill, drain)`` with ``drain`` the remaining decode time of the batches it pauses —
+  not admitting ``r`` makes it wait for those batches (WSPT order of a prefill and a batch's
+  remaining decode). Idle instances cost nothing, so their prefills always pass;
+* **no starvation**: deferring assumes the paused batches drain, but under a steady stream
+  new requests keep joining them. Once ``r`` has waited ``starvation_factor`` × its alone
+  time (its prefill plus its decode on one instance, ``alone_time``) it pauses them anyway —
+  if its prefill is shorter than their ``drain`` (pausing nearly finished decodes for a long
+  prefill stays refused: waiting for them is short).
 
 Out of order without starvation (EASY backfilling): the first request that fails the
 worst-case KV check becomes the *head* and gets a reservation — the decode step ``t_head`` by
@@ -162,8 +166,8 @@ def dispatch(inp: DispatchInput, cost: CostModel, cfg) -> DispatchResult:
     for req in order:
         got = memo.get(req.req_id)
         if got is None or got[0] != req.output_len:
-            got = memo[req.req_id] = _constants(req, bs, w)
-        _, l, r_need, r_worst, r_steps, rate = got
+            got = memo[req.req_id] = _constants(req, bs, w, cost, cfg.starvation_factor)
+        _, l, r_need, r_worst, r_steps, rate, patience = got
         if -(-(l + 1) // bs) > inp.capacity_blocks:
             res.rejected.append(req.req_id)
             continue
@@ -197,11 +201,12 @@ def dispatch(inp: DispatchInput, cost: CostModel, cfg) -> DispatchResult:
             w_old = prefix[p][2]
             cost_paused = (t_new - t_cur) * w_old + t_new * (w_j - w_old)
             if ok and cost_paused > 0.0:
-                avoided = t_new
+                drain = 0.0  # when the batches it pauses would have finished anyway
                 for b in pausable[p:j]:
-                    avoided = max(avoided, _remaining(b, inp, cost, remaining))
+                    drain = max(drain, _remaining(b, inp, cost, remaining))
                 age = now - req.arrival_time
-                ok = rate * ((age if age > 0.0 else 0.0) + avoided) >= cost_paused
+                ok = rate * (max(age, 0.0) + max(t_new, drain)) >= cost_paused or (
+                    age >= patience and t_new <= drain)
         if not ok:
             if in_order:
                 break
@@ -265,14 +270,23 @@ def scan_order(waiting: list[Request], first: int, shortest: int,
     return head + [r for r in by_length if id(r) not in seen][:shortest]
 
 
-def _constants(req: Request, bs: int, w: LatencyWeights) -> tuple:
+def _constants(req: Request, bs: int, w: LatencyWeights, cost: CostModel,
+               factor: float) -> tuple:
     """What dispatch needs of a waiting request, fixed while it waits: (output_len it was
     computed at, prefill tokens, blocks of its prompt, worst-case blocks, decode steps at
-    most + 1, waiting rate)."""
+    most + 1, waiting rate, patience: the wait after which the cost rule stops deferring it)."""
     total = req.expected_total_tokens()
     l = req.prefill_len
-    return (req.output_len, l, -(-l // bs), -(-total // bs) + 1,
-            max(1, total - req.prompt_len) + 1, waiting_rate(req, w))
+    out = max(1, total - req.prompt_len)
+    return (req.output_len, l, -(-l // bs), -(-total // bs) + 1, out + 1, waiting_rate(req, w),
+            factor * alone_time(cost, l, out))
+
+
+def alone_time(cost: CostModel, prefill: int, output: int) -> float:
+    """Seconds a request takes alone on one instance: its prefill, then ``output`` decode
+    steps at its mid-output context."""
+    return (cost.prefill_time(1, prefill, prefill * prefill)
+            + output * cost.decode_time(1, 1, prefill + output / 2))
 
 
 def forget(memo: dict, waiting: list[Request], running) -> None:

@@ -48,6 +48,7 @@ class ManagerConfig:
     lookahead: int = 8  # requests scanned: this many oldest, then this many shortest
     out_of_order: bool = True  # False: admit strictly in queue order (stop at the first miss)
     slo: LatencyWeights | None = None  # s/token per normalised latency (None: all 1)
+    starvation_factor: float = 2.0  # waits beyond this × its alone time end cost deferral
     decode_minibatch: int = 16  # requests per master (compute-efficient mini-batch)
     max_group_size: int | None = None  # instances per prefill group (None: all)
     compaction: bool = True

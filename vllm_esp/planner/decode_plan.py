@@ -135,6 +135,14 @@ def choose_masters(
     pool: PoolView, free: dict[int, int], batch: BatchView, minibatch: int
 ) -> dict[str, int]:
     """One master per request; decrements ``free`` for every fresh block used."""
+    if len(batch.instances) == 1:  # the common case, without the general bookkeeping
+        (inst,) = batch.instances
+        bs = pool.block_size
+        fresh = sum(1 for r in batch.req_ids if not pool.placement.get(r, {}).get(inst, 0) % bs)
+        if fresh > free[inst]:
+            raise ValueError(f"batch {batch.batch_id}: no KV room for {fresh} new blocks")
+        free[inst] -= fresh
+        return dict.fromkeys(batch.req_ids, inst)
     n = len(batch.req_ids)
     insts = sorted(batch.instances, key=lambda i: (-free[i], i))
     m = max(1, min(len(insts), -(-n // max(1, minibatch))))

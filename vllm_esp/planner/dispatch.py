@@ -97,12 +97,16 @@ def decode_weight(batch: BatchView, running: dict[str, Request],
 
 def remaining_decode_time(batch: BatchView, running: dict[str, Request], cost: CostModel) -> float:
     """Seconds the batch still decodes: mean remaining steps × its current iteration time."""
-    reqs = [running[rid] for rid in batch.req_ids]
-    if not reqs:
+    n = len(batch.req_ids)
+    if not n:
         return 0.0
-    steps = sum(remaining_steps(r) for r in reqs) / len(reqs)
-    ctx = sum(r.prompt_len + r.output_len for r in reqs)
-    return steps * cost.decode_time(len(batch.instances), len(reqs), ctx)
+    steps = ctx = 0
+    for rid in batch.req_ids:  # latency.remaining_steps, inlined (hot)
+        r = running[rid]
+        left = r.expected_total_tokens() - r.prompt_len - r.output_len
+        steps += left if left > 1 else 1
+        ctx += r.prompt_len + r.output_len
+    return steps / n * cost.decode_time(len(batch.instances), n, ctx)
 
 
 def worst_case_blocks(req: Request, block_size: int) -> int:
@@ -151,7 +155,7 @@ def dispatch(inp: DispatchInput, cost: CostModel, cfg) -> DispatchResult:
     worst = _running_worst(inp, bs)
     pausable, prefix = _pause_order(inp, w)
     most = prefix[-1][1]  # free blocks if every pausable batch paused: KV now, at best
-    remaining: dict[int, float] = {}
+    remaining: dict[int, float] = {}  # index in ``pausable`` -> its remaining decode time
     coeffs: dict = {}
     p = 0  # batches paused so far (a prefix of ``pausable``)
     s1 = s2 = need = 0
@@ -202,10 +206,16 @@ def dispatch(inp: DispatchInput, cost: CostModel, cfg) -> DispatchResult:
             cost_paused = (t_new - t_cur) * w_old + t_new * (w_j - w_old)
             if ok and cost_paused > 0.0:
                 drain = 0.0  # when the batches it pauses would have finished anyway
-                for b in pausable[p:j]:
-                    drain = max(drain, _remaining(b, inp, cost, remaining))
+                for x in range(p, j):
+                    d = remaining.get(x)
+                    if d is None:
+                        d = remaining[x] = remaining_decode_time(pausable[x], inp.running, cost)
+                    if d > drain:
+                        drain = d
                 age = now - req.arrival_time
-                ok = rate * (max(age, 0.0) + max(t_new, drain)) >= cost_paused or (
+                if age < 0.0:
+                    age = 0.0
+                ok = rate * (age + (t_new if t_new > drain else drain)) >= cost_paused or (
                     age >= patience and t_new <= drain)
         if not ok:
             if in_order:
@@ -299,12 +309,6 @@ def forget(memo: dict, waiting: list[Request], running) -> None:
         kept = memo.get(key)
         if kept is not None and len(kept) > 2 * len(running) + 256:
             memo[key] = {rid: v for rid, v in kept.items() if rid in running}
-
-
-def _remaining(b: BatchView, inp: DispatchInput, cost: CostModel, memo: dict[int, float]) -> float:
-    if b.batch_id not in memo:
-        memo[b.batch_id] = remaining_decode_time(b, inp.running, cost)
-    return memo[b.batch_id]
 
 
 def _live(inp: DispatchInput, res: DispatchResult, bs: int) -> list[tuple[int, int]]:

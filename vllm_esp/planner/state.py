@@ -85,6 +85,30 @@ class ClusterState:
         self.waiting, self._waiting_ids = other.waiting, other._waiting_ids
         self._by_len, self._len_key = other._by_len, other._len_key
 
+    def view_of(self, instance_ids: set[int]) -> "ClusterState":
+        """A state holding only ``instance_ids``, the decode batches entirely on them with their
+        requests and KV, and the whole waiting queue. Shares (does not copy) placements and
+        requests: policies read it; plans made on it are applied to this full state."""
+        view = ClusterState.__new__(ClusterState)
+        view.instances = [i for i in self.instances if i.instance_id in instance_ids]
+        view.block_size = self.block_size
+        pool = view.pool = KVPool.__new__(KVPool)
+        pool.block_size = self.block_size
+        pool.capacity = {i: self.pool.capacity[i] for i in instance_ids}
+        pool.used = {i: self.pool.used[i] for i in instance_ids}
+        view.batches = {bid: b for bid, b in self.batches.items() if b.instances <= instance_ids}
+        placement, running = {}, {}
+        for b in view.batches.values():
+            for rid in b.req_ids:
+                running[rid] = self.running[rid]
+                if rid in self.pool.placement:
+                    placement[rid] = self.pool.placement[rid]
+        pool.placement = placement
+        view.running = running
+        view.share_queue(self)
+        view.next_batch_id, view._seq = self.next_batch_id, self._seq
+        return view
+
     def finish(self, req_id: str) -> None:
         """Forget a request (finished or aborted) and free its KV."""
         self.pool.free(req_id)

@@ -19,7 +19,7 @@ The view is rebuilt per call, sharing (not copying) placements: policies only re
 
 from __future__ import annotations
 
-from vllm_esp.planner import ClusterState, KVPool
+from vllm_esp.planner import ClusterState
 from vllm_esp.simulator.core import Handoff, Progress
 from vllm_esp.simulator.planner_engine import PlannerEngine
 
@@ -36,20 +36,7 @@ class AsyncPlannerEngine(PlannerEngine):
         return {i for _, insts, _, _ in self._groups for i in insts}
 
     def _view(self, busy: set[int]) -> ClusterState:
-        st = self.state
-        view = ClusterState([i for i in st.instances if i.instance_id not in busy],
-                            st.block_size)
-        idle = {i.instance_id for i in view.instances}
-        view.pool = KVPool({i: st.pool.capacity[i] for i in idle}, st.block_size)
-        view.pool.used = {i: st.pool.used[i] for i in idle}
-        view.batches = {bid: b for bid, b in st.batches.items() if b.instances <= idle}
-        rids = {rid for b in view.batches.values() for rid in b.req_ids}
-        view.pool.placement = {rid: st.pool.placement[rid] for rid in rids
-                               if rid in st.pool.placement}
-        view.running = {rid: st.running[rid] for rid in rids}
-        view.share_queue(st)
-        view.next_batch_id = st.next_batch_id
-        return view
+        return self.state.view_of({i.instance_id for i in self.state.instances} - busy)
 
     def start(self, now: float) -> list[float] | None:
         busy = self._busy()

@@ -3,7 +3,7 @@ whose decode group keeps decoding while a prefill runs elsewhere, greedy refill.
 
 import pytest
 
-from vllm_esp.planner.policies import LoongServeConfig, make_policy
+from vllm_esp.planner.policies import make_policy
 from vllm_esp.simulator.core import run
 from vllm_esp.simulator.loongserve_engine import LoongServeEngine
 from vllm_esp.workloads import Request

@@ -38,7 +38,6 @@ room fills the prefill instances' memory and throttles prefill, as it does on re
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 

@@ -5,9 +5,11 @@ recompute-preempt when decodes later outgrow the pool. With the manager's admiss
 requests wait in the ESP scheduler until the planner's dispatching rules
 (``planner.dispatch.dispatch``, the code the simulator drives) admit them: the KV every live
 request would hold at its end (prompt + ``max_tokens``, or prompt + a predicted output) must
-fit the pool, the prompt must fit the free blocks now, and a short request may pass a long one
-that does not fit yet, a bounded number of times. Decodes then never run out of blocks unless
-a prediction was wrong. Plain data, no torch.
+fit the pool, the prompt must fit the free blocks now, and a request that does not fit yet gets
+a reservation: later (shorter) requests pass it only when they end before its reserved start
+or fit beside it then (EASY backfilling), so short requests keep flowing and the long one is
+not starved. Decodes then never run out of blocks unless a prediction was wrong. Plain data,
+no torch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vllm_esp.planner.cost_model import CostModel
-from vllm_esp.planner.dispatch import DispatchInput, dispatch, prune_bypass
+from vllm_esp.planner.dispatch import DispatchInput, dispatch
 from vllm_esp.planner.manager import ManagerConfig
 from vllm_esp.integration.cluster import planner_request
 
@@ -25,7 +27,6 @@ class Admission:
     cost: CostModel
     block_size: int
     cfg: ManagerConfig = field(default_factory=ManagerConfig)
-    bypass: dict[str, int] = field(default_factory=dict)  # times passed, by request id
 
     def admit(self, waiting: list, live: list, spare: dict[int, int], capacity_blocks: int,
               now: float) -> tuple[list, list]:
@@ -37,6 +38,5 @@ class Admission:
         res = dispatch(
             DispatchInput(queue, {r.request_id: planner_request(r) for r in live},
                           dict(spare), list(spare), [], capacity_blocks, self.block_size, now),
-            self.cost, self.cfg, self.bypass)
-        self.bypass = prune_bypass(self.bypass, queue)
+            self.cost, self.cfg)
         return [by_id[r.req_id] for r in res.admitted], [by_id[rid] for rid in res.rejected]

@@ -2,14 +2,15 @@
 
 Prefill starts with the idle instances and those of decode batches dispatching paused for KV.
 More instances make the prefill faster (fitted ``T(k)``), so two further moves are weighed,
-both in normalised latency (seconds per token, as in dispatch.py):
+both in SLO-normalised latency (latency.py, the unit of dispatch.py): ``R`` = Σ waiting rates
+of the admitted requests, ``W_b`` = Σ decode rates of batch ``b``:
 
 * **compaction** — a running decode batch whose least-loaded instance's KV fits on its other
   instances migrates it there; the emptied instance joins the prefill. Worth it when
-  ``(T(k) − T(k+1))·Σ1/l`` exceeds ``T_migrate·(Σ1/l + W_b)``: the prefill (and the batch's
-  decodes, weight ``W_b`` = Σ 1/expected_output) wait for the copy.
+  ``(T(k) − T(k+1))·R`` exceeds ``T_migrate·(R + W_b)``: the prefill (and the batch's
+  decodes) wait for the copy.
 * **preempt-or-keep** — a whole decode batch pauses this iteration and lends its instances when
-  ``(T(k) − T(k+k_b))·Σ1/l`` exceeds ``T(k+k_b)·W_b``; otherwise it keeps decoding.
+  ``(T(k) − T(k+k_b))·R`` exceeds ``T(k+k_b)·W_b``; otherwise it keeps decoding.
 
 Paused batches keep their KV (no recompute); they simply skip one iteration.
 """
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 
 from .cost_model import CostModel
 from .decode_plan import BatchView, PoolView
-from .dispatch import decode_weight
+from .dispatch import decode_weight, slo_of
+from .latency import waiting_rate
 from .kv_pool import blocks_for
 from .types import Migration, Request
 
@@ -56,26 +58,29 @@ def allocate(
         return out
     s1 = sum(r.prefill_len for r in admitted)
     s2 = sum(r.prefill_len ** 2 for r in admitted)
-    inv = sum(1.0 / r.prefill_len for r in admitted)
+    w = slo_of(cfg)
+    rate = sum(waiting_rate(r, w) for r in admitted)
+    weight = {b.batch_id: decode_weight(b, running, w) for b in runnable}
     if cfg.compaction:
         for b in list(runnable):
-            inst = _compact(b, view, free, running, cost, s1, s2, inv, len(out.instances), out)
+            inst = _compact(b, view, free, cost, s1, s2, rate, weight[b.batch_id],
+                            len(out.instances), out)
             if inst is not None:
                 out.instances.append(inst)
     if cfg.pause_decodes:
-        for b in sorted(runnable, key=lambda b: (decode_weight(b, running) / len(b.instances), b.batch_id)):
+        for b in sorted(runnable, key=lambda b: (weight[b.batch_id] / len(b.instances), b.batch_id)):
             k = len(out.instances)
             k2 = k + len(b.instances)
             t2 = _prefill_time(cost, k2, s1, s2)
-            gain = (_prefill_time(cost, k, s1, s2) - t2) * inv
-            if gain > t2 * decode_weight(b, running):
+            gain = (_prefill_time(cost, k, s1, s2) - t2) * rate
+            if gain > t2 * weight[b.batch_id]:
                 runnable.remove(b)
                 out.paused.append(b)
                 out.instances.extend(sorted(b.instances))
     return out
 
 
-def _compact(b, view, free, running, cost, s1, s2, inv, k, out) -> int | None:
+def _compact(b, view, free, cost, s1, s2, rate, w_b, k, out) -> int | None:
     """Try to empty the least-loaded instance of ``b``; returns it if compaction pays off."""
     if len(b.instances) < 2:
         return None
@@ -90,8 +95,8 @@ def _compact(b, view, free, running, cost, s1, s2, inv, k, out) -> int | None:
         return None
     tokens = sum(m.num_tokens for m in moves)
     t_mig = cost.migration_time(tokens)
-    gain = (_prefill_time(cost, k, s1, s2) - _prefill_time(cost, k + 1, s1, s2)) * inv
-    if gain <= t_mig * (inv + decode_weight(b, running)):
+    gain = (_prefill_time(cost, k, s1, s2) - _prefill_time(cost, k + 1, s1, s2)) * rate
+    if gain <= t_mig * (rate + w_b):
         return None
     for m in moves:  # commit to the scratch view
         where = dict(view.placement[m.req_id])
@@ -99,7 +104,7 @@ def _compact(b, view, free, running, cost, s1, s2, inv, k, out) -> int | None:
         free[m.dst] -= blocks_for(cur_dst + m.num_tokens, bs) - blocks_for(cur_dst, bs)
         where[m.dst] = cur_dst + m.num_tokens
         free[m.src] += blocks_for(where.pop(m.src), bs)
-        view.placement.maps[0][m.req_id] = where
+        view.override(m.req_id, where)
     out.migrations.extend(moves)
     b.instances.discard(src)
     b.removed.append(src)

@@ -7,6 +7,9 @@
   batch size (requests) and ``c`` the total context (KV tokens read): weights are streamed once
   per iteration (D), per-request compute (E), attention reads KV (F).
 * Migration of KV: ``latency + tokens·kv_bytes_per_token / bandwidth`` seconds.
+* A static tensor-parallel group of ``k`` instances (the baselines' TP engines) is derived from
+  the ``k = 1`` coefficients with the weight read and compute split over the group and its
+  all-reduces charged (``tp_group.py``; ``tp_*_time``).
 
 Coefficients are fitted by least squares on *relative* error (weights ``1/t²``), because a
 profile spans 1 ms to seconds and absolute error would ignore the short iterations.
@@ -21,6 +24,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .tp_group import TPGroupTerms, group_allreduce_time, tp_decode_terms, tp_prefill_terms
 
 
 @dataclass(slots=True)
@@ -56,6 +61,7 @@ class CostModel:
     kv_bytes_per_token: int  # bytes of K+V for one token across all layers of one instance
     migration_bandwidth: float  # bytes per second between two instances
     migration_latency: float = 0.0  # seconds per migration operation
+    tp_group: TPGroupTerms | None = None  # static TP-group terms (None: ideal split, no AR)
     # memo of extrapolated coefficients, never saved
     _extrapolated: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -72,6 +78,32 @@ class CostModel:
         if tokens <= 0:
             return 0.0
         return self.migration_latency + tokens * self.kv_bytes_per_token / self.migration_bandwidth
+
+    # ---- a static tensor-parallel group of k instances (baselines) -----------------------
+    def tp_mixed_time(self, k: int, s1: float, s2: float, decodes: int, ctx: float) -> float:
+        """Seconds of one iteration of a TP group of ``k`` instances running prefill tokens
+        ``s1`` (attention pairs ``s2``) and ``decodes`` decode requests reading ``ctx`` KV
+        tokens: ``max(A, D)`` once when both kinds run, each kind's own constant otherwise."""
+        a, b, c = tp_prefill_terms(*self._k1(self.prefill), k)
+        d, e, f = tp_decode_terms(*self._k1(self.decode), k, self.tp_group)
+        t = group_allreduce_time(self.tp_group, max(1, self.meta.tp_size), k, s1 + decodes)
+        if s1 and decodes:
+            return t + max(a, d) + b * s1 + c * s2 + e * decodes + f * ctx
+        if s1:
+            return t + a + b * s1 + c * s2
+        if decodes:
+            return t + d + e * decodes + f * ctx
+        return 0.0
+
+    def tp_prefill_time(self, k: int, s1: float, s2: float) -> float:
+        return self.tp_mixed_time(k, s1, s2, 0, 0.0)
+
+    def tp_decode_time(self, k: int, batch_size: int, context_tokens: float) -> float:
+        return self.tp_mixed_time(k, 0, 0.0, batch_size, context_tokens)
+
+    def _k1(self, table: dict[int, Linear3]) -> tuple[float, float, float]:
+        c = self._coeffs(table, 1)
+        return c.a, c.b, c.c
 
     def prefill_coeffs(self, k: int) -> Linear3:
         """Coefficients for k instances (profiled or extrapolated); hot loops inline them."""
@@ -96,7 +128,7 @@ class CostModel:
 
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {
+        d = {
             "format": "vllm-esp-profile/1",
             "meta": asdict(self.meta),
             "prefill": {str(k): asdict(v) for k, v in sorted(self.prefill.items())},
@@ -105,6 +137,9 @@ class CostModel:
             "migration_bandwidth": self.migration_bandwidth,
             "migration_latency": self.migration_latency,
         }
+        if self.tp_group is not None:
+            d["tp_group"] = asdict(self.tp_group)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "CostModel":
@@ -118,6 +153,7 @@ class CostModel:
             kv_bytes_per_token=int(d["kv_bytes_per_token"]),
             migration_bandwidth=float(d["migration_bandwidth"]),
             migration_latency=float(d.get("migration_latency", 0.0)),
+            tp_group=TPGroupTerms(**d["tp_group"]) if d.get("tp_group") else None,
         )
 
     def save(self, path: str | Path) -> None:

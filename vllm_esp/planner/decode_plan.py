@@ -27,13 +27,20 @@ from .kv_pool import KVPool
 
 
 class PoolView:
-    """Read-only view of a :class:`KVPool` with planned migrations overlaid (no copy)."""
+    """Read-only view of a :class:`KVPool` with planned migrations overlaid (no copy): the
+    pool's own placement dict until the first ``override``, then a ChainMap over it."""
 
     __slots__ = ("block_size", "placement")
 
     def __init__(self, pool: KVPool, overrides: dict[str, dict[int, int]] | None = None):
         self.block_size = pool.block_size
-        self.placement = ChainMap(overrides if overrides is not None else {}, pool.placement)
+        self.placement = ChainMap(overrides, pool.placement) if overrides else pool.placement
+
+    def override(self, req_id: str, where: dict[int, int]) -> None:
+        """Plan ``req_id``'s KV as ``where`` ({instance: tokens}); the pool is untouched."""
+        if not isinstance(self.placement, ChainMap):
+            self.placement = ChainMap({}, self.placement)
+        self.placement.maps[0][req_id] = where
 
 
 @dataclass(slots=True, eq=False)
@@ -141,6 +148,14 @@ def choose_masters(
     pool: PoolView, free: dict[int, int], batch: BatchView, minibatch: int
 ) -> dict[str, int]:
     """One master per request; decrements ``free`` for every fresh block used."""
+    if len(batch.instances) == 1:  # the common case, without the general bookkeeping
+        (inst,) = batch.instances
+        bs = pool.block_size
+        fresh = sum(1 for r in batch.req_ids if not pool.placement.get(r, {}).get(inst, 0) % bs)
+        if fresh > free[inst]:
+            raise ValueError(f"batch {batch.batch_id}: no KV room for {fresh} new blocks")
+        free[inst] -= fresh
+        return dict.fromkeys(batch.req_ids, inst)
     n = len(batch.req_ids)
     insts = sorted(batch.instances, key=lambda i: (-free[i], i))
     m = max(1, min(len(insts), -(-n // max(1, minibatch))))

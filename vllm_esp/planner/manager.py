@@ -30,7 +30,8 @@ from .decode_plan import (
     drop_empty_instances,
     fix_shortage,
 )
-from .dispatch import DispatchInput, dispatch, prune_bypass
+from .dispatch import DispatchInput, dispatch, forget
+from .latency import LatencyWeights
 from .keep_ranges import pack_keep_ranges
 from .state import ClusterState
 from .types import DecodeBatch, IterationPlan, PrefillBatch, Request, ScaleEvent
@@ -44,8 +45,10 @@ class ManagerConfig:
     max_prefill_tokens: int = 1 << 20  # tokens prefilled per iteration
     max_prefill_requests: int = 32  # requests admitted per iteration (bounds the DP)
     admission_fraction: float = 1.0  # share of the pool the worst-case check may promise
-    lookahead: int = 8  # requests scanned past the first one that cannot be admitted
-    max_bypass: int = 8  # times a request may be passed before it blocks the queue
+    lookahead: int = 8  # requests scanned: this many oldest, then this many shortest
+    out_of_order: bool = True  # False: admit strictly in queue order (stop at the first miss)
+    slo: LatencyWeights | None = None  # s/token per normalised latency (None: all 1)
+    starvation_factor: float = 2.0  # waits beyond this × its alone time end cost deferral
     decode_minibatch: int = 16  # requests per master (compute-efficient mini-batch)
     max_group_size: int | None = None  # instances per prefill group (None: all)
     compaction: bool = True
@@ -61,7 +64,7 @@ class GlobalManager:
     def __init__(self, cost: CostModel, cfg: ManagerConfig | None = None):
         self.cost = cost
         self.cfg = cfg or ManagerConfig()
-        self.bypass: dict[str, int] = {}  # req_id -> times passed by out-of-order admission
+        self.memo: dict = {}  # dispatch's per-request constants (req_id -> tuple)
 
     def plan(self, state: ClusterState, now: float) -> IterationPlan:
         plan = IterationPlan()
@@ -69,16 +72,20 @@ class GlobalManager:
         free = {i: state.pool.free_blocks(i) for i in state.pool.capacity}
         idle = state.idle_instances()
         batches = self._reserve_decodes(state, view, free, idle, plan)
-        running = {rid: r for rid, r in state.running.items() if rid not in set(plan.preempted)}
+        gone = set(plan.preempted)
+        running = {rid: r for rid, r in state.running.items() if rid not in gone} if gone \
+            else state.running
         pinned = {b.batch_id for b in batches if b.added or b.merged_from}
         pausable = [b for b in batches if b.batch_id not in pinned]
 
         disp = dispatch(
             DispatchInput(state.waiting, running, free, list(idle), pausable,
-                          sum(state.pool.capacity.values()), state.block_size, now),
-            self.cost, self.cfg, self.bypass,
+                          sum(state.pool.capacity.values()), state.block_size, now,
+                          state.shortest_waiting(2 * self.cfg.lookahead), self.memo),
+            self.cost, self.cfg,
         )
         plan.rejected = disp.rejected
+        forget(self.memo, state.waiting, state.running)
         paused_ids = {b.batch_id for b in disp.paused}
         runnable = [b for b in pausable if b.batch_id not in paused_ids]
         base = list(idle) + [i for b in disp.paused for i in sorted(b.instances)]
@@ -91,8 +98,8 @@ class GlobalManager:
         plan.paused_batch_ids = sorted(b.batch_id for b in paused)
 
         self._plan_prefills(state, disp.admitted, alloc.instances, free, paused, plan)
-        self._plan_decodes(view, free, [b for b in batches if b in runnable or b.batch_id in pinned], plan)
-        self.bypass = prune_bypass(self.bypass, state.waiting)
+        self._plan_decodes(view, free, [b for b in batches if b in runnable or b.batch_id in pinned],
+                           state.running, plan)
         times = [b.predicted_time for b in plan.prefill] + [d.predicted_time for d in plan.decode]
         plan.predicted_time = sum(self.cost.migration_time(m.num_tokens) for m in plan.migrations)
         plan.predicted_time += max(times, default=0.0)
@@ -169,9 +176,9 @@ class GlobalManager:
             plan.scale_events.append(ScaleEvent("merge", target, merged_batch_ids=sorted(xs)))
 
     # ---- step 4b -------------------------------------------------------------------------
-    def _plan_decodes(self, view, free, batches: list[BatchView], plan) -> None:
+    def _plan_decodes(self, view, free, batches: list[BatchView], running, plan) -> None:
         for b in batches:
             masters = choose_masters(view, free, b, self.cfg.decode_minibatch)
-            ctx = sum(sum(view.placement.get(r, {}).values()) for r in b.req_ids)
+            ctx = sum(running[r].running_kv_tokens for r in b.req_ids)  # = its KV tokens
             t = self.cost.decode_time(len(b.instances), len(b.req_ids), ctx)
             plan.decode.append(DecodeBatch(b.batch_id, sorted(b.instances), masters, t))

@@ -8,10 +8,15 @@ policies) means every policy is charged for KV exactly the same way.
 A decode batch (:class:`BatchState`) is a set of instances plus the running requests whose KV
 lives only on those instances. Batches never share instances, so one iteration can run each
 batch on its own ESP group.
+
+The waiting queue is a list in queue order plus two indexes kept in step with it (by id, and
+by prefill length for ``shortest_waiting``), so an iteration costs no pass over the whole
+queue unless requests leave it.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from .kv_pool import KVPool
@@ -35,6 +40,10 @@ class ClusterState:
         self.block_size = block_size  # tokens per KV block
         self.pool = KVPool({i.instance_id: i.num_blocks for i in instances}, block_size)
         self.waiting: list[Request] = []  # queue order (arrival; preempted go to the front)
+        self._waiting_ids: dict[str, Request] = {}  # the same requests by id
+        self._by_len: list[tuple] = []  # (prefill_len, arrival, seq, req_id), sorted
+        self._len_key: dict[str, tuple] = {}
+        self._seq = 0
         self.running: dict[str, Request] = {}
         self.batches: dict[int, BatchState] = {}
         self.next_batch_id = 0
@@ -42,12 +51,69 @@ class ClusterState:
     # ---- lifecycle -----------------------------------------------------------------------
     def add_request(self, req: Request) -> None:
         self.waiting.append(req)
+        self._index(req)
+
+    def _index(self, req: Request) -> None:
+        if req.req_id in self._waiting_ids:
+            raise ValueError(f"request {req.req_id} is already waiting")
+        self._waiting_ids[req.req_id] = req
+        key = (req.prefill_len, req.arrival_time, self._seq, req.req_id)
+        self._seq += 1
+        self._len_key[req.req_id] = key
+        bisect.insort(self._by_len, key)
+
+    def _leave_queue(self, req_ids) -> None:
+        """Take ``req_ids`` (those waiting) off the queue: one pass over it, only if needed."""
+        gone = {rid for rid in req_ids if rid in self._waiting_ids}
+        if not gone:
+            return
+        for rid in gone:
+            del self._waiting_ids[rid]
+            key = self._len_key.pop(rid)
+            del self._by_len[bisect.bisect_left(self._by_len, key)]
+        self.waiting = [r for r in self.waiting if r.req_id not in gone]
+
+    def waiting_request(self, req_id: str) -> Request | None:
+        return self._waiting_ids.get(req_id)
+
+    def shortest_waiting(self, k: int) -> list[Request]:
+        """The ``k`` waiting requests with the shortest prefill (older first on ties)."""
+        return [self._waiting_ids[key[3]] for key in self._by_len[:k]]
+
+    def share_queue(self, other: "ClusterState") -> None:
+        """Make this state (a partial view) read ``other``'s waiting queue and indexes."""
+        self.waiting, self._waiting_ids = other.waiting, other._waiting_ids
+        self._by_len, self._len_key = other._by_len, other._len_key
+
+    def view_of(self, instance_ids: set[int]) -> "ClusterState":
+        """A state holding only ``instance_ids``, the decode batches entirely on them with their
+        requests and KV, and the whole waiting queue. Shares (does not copy) placements and
+        requests: policies read it; plans made on it are applied to this full state."""
+        view = ClusterState.__new__(ClusterState)
+        view.instances = [i for i in self.instances if i.instance_id in instance_ids]
+        view.block_size = self.block_size
+        pool = view.pool = KVPool.__new__(KVPool)
+        pool.block_size = self.block_size
+        pool.capacity = {i: self.pool.capacity[i] for i in instance_ids}
+        pool.used = {i: self.pool.used[i] for i in instance_ids}
+        view.batches = {bid: b for bid, b in self.batches.items() if b.instances <= instance_ids}
+        placement, running = {}, {}
+        for b in view.batches.values():
+            for rid in b.req_ids:
+                running[rid] = self.running[rid]
+                if rid in self.pool.placement:
+                    placement[rid] = self.pool.placement[rid]
+        pool.placement = placement
+        view.running = running
+        view.share_queue(self)
+        view.next_batch_id, view._seq = self.next_batch_id, self._seq
+        return view
 
     def finish(self, req_id: str) -> None:
         """Forget a request (finished or aborted) and free its KV."""
         self.pool.free(req_id)
         self.running.pop(req_id, None)
-        self.waiting = [r for r in self.waiting if r.req_id != req_id]
+        self._leave_queue([req_id])
         for b in list(self.batches.values()):
             if req_id in b.req_ids:
                 b.req_ids.remove(req_id)
@@ -70,8 +136,7 @@ class ClusterState:
     # ---- one iteration -------------------------------------------------------------------
     def apply_plan(self, plan: IterationPlan) -> None:
         """Advance the state by the effects of ``plan`` (in the order the engine performs them)."""
-        rejected = set(plan.rejected)
-        self.waiting = [r for r in self.waiting if r.req_id not in rejected]
+        self._leave_queue(plan.rejected)
         self._preempt(plan.preempted)
         for m in plan.migrations:
             self.pool.move(m.req_id, m.src, m.dst, m.num_tokens)
@@ -95,7 +160,10 @@ class ClusterState:
                     if not b.req_ids:
                         del self.batches[b.batch_id]
             front.append(req)
-        self.waiting = front + self.waiting
+        if front:
+            self.waiting = front + self.waiting
+            for req in front:
+                self._index(req)
 
     def _apply_scale(self, ev) -> None:
         b = self.batches.setdefault(ev.batch_id, BatchState(ev.batch_id))
@@ -112,8 +180,8 @@ class ClusterState:
             raise ValueError(f"unknown scale event {ev.kind!r}")
 
     def _apply_prefills(self, plan: IterationPlan) -> None:
-        by_id = {r.req_id: r for r in self.waiting}
-        done = set()
+        by_id = self._waiting_ids
+        done = []
         for pb in plan.prefill:
             b = self.batches.setdefault(pb.decode_batch_id, BatchState(pb.decode_batch_id))
             for rid in pb.req_ids:
@@ -124,5 +192,5 @@ class ClusterState:
                 req.output_len += 1
                 self.running[rid] = req
                 b.req_ids.append(rid)
-                done.add(rid)
-        self.waiting = [r for r in self.waiting if r.req_id not in done]
+                done.append(rid)
+        self._leave_queue(done)

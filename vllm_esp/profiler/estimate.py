@@ -14,6 +14,11 @@ Derivation, for an instance = one TP group of ``tp`` GPUs, ESP group of ``k`` in
 * decode: every master reads all weights once per iteration, masters run in parallel
   -> ``D_k = P·bytes / (tp·BW·bw_eff) + launch``; per request ``E_k = 2P / (tp·F·mfu_dec)``;
   KV reads are spread over the k instances -> ``F_k = kv_bytes_per_token / (k·tp·BW·bw_eff)``;
+* a static TP group of k instances (the baselines, planner/tp_group.py): the decode constant
+  splits into ``launch`` (fixed) and the weight read (split over the group); all-reduces move
+  ``hidden × dtype`` bytes per token, twice per layer, at ``link·bw_eff`` per GPU with a ring
+  latency of ``allreduce_base + allreduce_step·(g−2)`` (NCCL's LL protocol on NVLink: ~6 µs on
+  2 GPUs, ~15 µs on 8);
 * migration: ``kv_bytes_per_token = 2·L·kv_heads·d·dtype_bytes``, moved at the intra-node link
   bandwidth of ``tp`` GPU pairs in parallel (NVLink figure; use ~25 GB/s per GPU across nodes).
 
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_esp.planner.cost_model import CostModel, Linear3, ProfileMeta
+from vllm_esp.planner.tp_group import TPGroupTerms
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ SHIPPED = [("a100-80g", "lwm-7b-1m", 2), ("a100-80g", "llama-3-8b", 1),
 def estimate_profile(model: ModelShape, dev: DeviceSpec, tp: int, ks=(1, 2, 4, 8),
                      dtype_bytes: int = 2, mfu_prefill: float = 0.6, mfu_attn: float = 0.45,
                      mfu_decode: float = 0.3, bw_eff: float = 0.8, launch: float = 4e-3,
-                     hop_latency: float = 20e-6) -> CostModel:
+                     hop_latency: float = 20e-6, allreduce_base: float = 6e-6,
+                     allreduce_step: float = 1.5e-6) -> CostModel:
     kv_bytes = 2 * model.layers * model.kv_heads * model.head_dim * dtype_bytes
     prefill, decode = {}, {}
     for k in ks:
@@ -81,8 +88,12 @@ def estimate_profile(model: ModelShape, dev: DeviceSpec, tp: int, ks=(1, 2, 4, 8
                        "FLOP/bandwidth arithmetic, see vllm_esp/profiler/estimate.py; "
                        f"mfu_prefill={mfu_prefill} mfu_attn={mfu_attn} mfu_decode={mfu_decode} "
                        f"bw_eff={bw_eff} launch={launch}s hop_latency={hop_latency}s")
+    tp_group = TPGroupTerms(launch, allreduce_base, allreduce_step,
+                            model.heads * model.head_dim * dtype_bytes, 2 * model.layers,
+                            dev.link * bw_eff)
     return CostModel(meta, prefill, decode, kv_bytes_per_token=kv_bytes,
-                     migration_bandwidth=tp * dev.link, migration_latency=50e-6)
+                     migration_bandwidth=tp * dev.link, migration_latency=50e-6,
+                     tp_group=tp_group)
 
 
 def write_shipped(out_dir: Path) -> list[Path]:

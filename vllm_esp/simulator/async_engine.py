@@ -19,7 +19,7 @@ The view is rebuilt per call, sharing (not copying) placements: policies only re
 
 from __future__ import annotations
 
-from vllm_esp.planner import ClusterState, KVPool
+from vllm_esp.planner import ClusterState
 from vllm_esp.simulator.core import Handoff, Progress
 from vllm_esp.simulator.planner_engine import PlannerEngine
 
@@ -36,20 +36,7 @@ class AsyncPlannerEngine(PlannerEngine):
         return {i for _, insts, _, _ in self._groups for i in insts}
 
     def _view(self, busy: set[int]) -> ClusterState:
-        st = self.state
-        view = ClusterState([i for i in st.instances if i.instance_id not in busy],
-                            st.block_size)
-        idle = {i.instance_id for i in view.instances}
-        view.pool = KVPool({i: st.pool.capacity[i] for i in idle}, st.block_size)
-        view.pool.used = {i: st.pool.used[i] for i in idle}
-        view.batches = {bid: b for bid, b in st.batches.items() if b.instances <= idle}
-        rids = {rid for b in view.batches.values() for rid in b.req_ids}
-        view.pool.placement = {rid: st.pool.placement[rid] for rid in rids
-                               if rid in st.pool.placement}
-        view.running = {rid: st.running[rid] for rid in rids}
-        view.waiting = st.waiting
-        view.next_batch_id = st.next_batch_id
-        return view
+        return self.state.view_of({i.instance_id for i in self.state.instances} - busy)
 
     def start(self, now: float) -> list[float] | None:
         busy = self._busy()
@@ -63,11 +50,11 @@ class AsyncPlannerEngine(PlannerEngine):
             self.rejected.extend(plan.rejected)
         if not self._runnable(plan, view, now):
             return None
-        waiting = {r.req_id: r for r in self.state.waiting}
+        waiting = self.state.waiting_request
         t_mig = sum(self.cost.migration_time(m.num_tokens) for m in plan.migrations)
         new = []
         for pb in plan.prefill:
-            lens = [waiting[rid].prefill_len for rid in pb.req_ids]
+            lens = [waiting(rid).prefill_len for rid in pb.req_ids]
             t = self.cost.prefill_time(len(pb.instances), sum(lens), sum(x * x for x in lens))
             new.append((now + t_mig + max(t, 1e-9), frozenset(pb.instances), list(pb.req_ids),
                         []))

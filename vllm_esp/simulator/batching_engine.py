@@ -15,9 +15,13 @@ rules, not a caricature of them:
   the default and the recommended setting of vLLM V1.
 
 Cost of one iteration with prefill chunks ``(p_i, c_i)`` (``c_i`` new tokens after ``p_i``
-cached ones) and decodes of contexts ``x_j`` on ``k`` instances, from the shared cost model::
+cached ones) and decodes of contexts ``x_j`` on a TP group of ``k`` instances
+(``CostModel.tp_mixed_time``: the ``k = 1`` coefficients with linear layers, attention, the
+weight read and the per-request compute split over the ``k``-times larger group, plus the
+all-reduces the group adds; ``planner/tp_group.py``)::
 
-    T = max(A_k, D_k)·[both] + B_k·Σc_i + C_k·Σ((p_i+c_i)² − p_i²) + E_k·#decodes + F_k·Σx_j
+    T = max(A, D_k)·[both] + (B·Σc_i + C·Σ((p_i+c_i)² − p_i²))/k + (E·#decodes + F·Σx_j)/k
+        + AR_k(Σc_i + #decodes)
 
 Chunk attention costs what the missing part of the causal square costs, so the chunks of one
 prompt add up to exactly one unchunked prefill (``B·l + C·l²``) plus per-iteration overheads —
@@ -25,19 +29,35 @@ chunking is charged its real price (repeated overheads and KV re-reads), nothing
 
 Roles for disaggregation (DistServe-style): ``role="prefill"`` (still chunked by the budget, which
 only adds per-chunk overheads) hands each request to ``decode_target`` after its first token, with the KV transfer time of the cost model;
-``role="decode"`` receives prefilled requests, reserving blocks for the whole output on
+``role="decode"`` receives prefilled requests, reserving blocks for ``max_tokens`` on
 admission so it never preempts (a decode-side recompute would need a prefill it cannot do).
+The prefill side keeps a request's KV blocks until the decode side admits it and pulls them
+(vLLM's KV connectors work this way), so a backlog of prefilled requests waiting for decode
+room fills the prefill instances' memory and throttles prefill, as it does on real hardware.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
 from vllm_esp.planner import CostModel, blocks_for
 from vllm_esp.simulator.core import Handoff, Progress
 from vllm_esp.workloads.types import Request
+
+
+RELEASE = "release"  # hand-off state: the decode side has pulled the request's KV
+
+
+def client_max_tokens(req: Request, cap: int | None) -> int:
+    """``max_tokens`` a client sends for ``req``: its own output length when ``cap`` is None
+    (benchmark clients with ``ignore_eos``), else ``cap`` (no system knows the true length)."""
+    if cap is None:
+        return req.output_len
+    if req.output_len > cap:
+        raise ValueError(f"request {req.request_id} generates {req.output_len} tokens, more "
+                         f"than max_tokens={cap}")
+    return cap
 
 
 @dataclass(slots=True)
@@ -47,6 +67,7 @@ class _Seq:
     generated: int = 0  # output tokens produced so far
     blocks: int = 0  # blocks held
     prefilling: bool = True  # False once prefill is done (until a preemption resets it)
+    source: object = None  # decode role: the prefill engine still holding this KV
 
     @property
     def target_prefill(self) -> int:
@@ -58,9 +79,10 @@ class _Seq:
 class BatchingEngine:
     def __init__(self, name: str, cost: CostModel, k: int, blocks_per_instance: int,
                  block_size: int, token_budget: int = 8192, max_num_seqs: int = 256,
-                 role: str = "both", decode_target=None):
+                 role: str = "both", decode_target=None, max_tokens: int | None = None):
         if role not in ("both", "prefill", "decode"):
             raise ValueError(f"unknown role {role!r}")
+        self.max_tokens = max_tokens  # what clients send as max_tokens (None: each output)
         self.name, self.cost, self.k = name, cost, k
         self.block_size = block_size
         self.capacity = k * blocks_per_instance  # blocks, pooled over the group
@@ -69,20 +91,30 @@ class BatchingEngine:
         self.role, self.decode_target = role, decode_target
         self.waiting: deque[_Seq] = deque()
         self.running: list[_Seq] = []
+        self.held: dict[int, int] = {}  # prefill role: request -> blocks kept until pulled
         self.rejected: list[int] = []
         self.preemptions = 0  # recompute preemptions so far
         self._step: list[tuple[_Seq, int]] = []  # (seq, tokens scheduled) of the iteration
 
     # ---- queueing -----------------------------------------------------------------------
     def add(self, req: Request, now: float, state: object = None) -> None:
+        if state == RELEASE:  # the decode side pulled this request's KV: free it here
+            self.free += self.held.pop(req.request_id)
+            return
         s = _Seq(req)
         if self.role == "decode":
             s.computed, s.generated, s.prefilling = req.prompt_len, 1, False
-        need = req.prompt_len + (req.output_len if self.role != "prefill" else 1)
+            s.source = state
+        need = req.prompt_len + (self._cap(req) if self.role != "prefill" else 1)
         if blocks_for(need, self.block_size) > self.capacity:
             self.rejected.append(req.request_id)  # larger than the whole group: never served
             return
         self.waiting.append(s)
+
+    def _cap(self, req: Request) -> int:
+        """The request's ``max_tokens`` as the client sent it (the only output length a
+        real engine knows); its true ``output_len`` only decides when it stops."""
+        return client_max_tokens(req, self.max_tokens)
 
     def _grow(self, s: _Seq, tokens: int) -> bool:
         """Allocate blocks so ``s`` can store ``tokens`` more tokens; False if none are free."""
@@ -123,7 +155,7 @@ class BatchingEngine:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             s = self.waiting[0]
             if self.role == "decode":
-                if not self._grow(s, s.req.output_len):  # reserve the whole output up front
+                if not self._grow(s, self._cap(s.req)):  # reserve max_tokens up front
                     break
                 self.waiting.popleft()
                 self.running.append(s)
@@ -153,13 +185,7 @@ class BatchingEngine:
             else:
                 nd += 1
                 ctx += s.computed
-        pf = self.cost._coeffs(self.cost.prefill, self.k)
-        dc = self.cost._coeffs(self.cost.decode, self.k)
-        if s1 and nd:
-            return max(pf.a, dc.a) + pf.b * s1 + pf.c * s2 + dc.b * nd + dc.c * ctx
-        if s1:
-            return pf(s1, s2)
-        return dc(nd, ctx)
+        return self.cost.tp_mixed_time(self.k, s1, s2, nd, ctx)
 
     def complete(self, now: float, progress: Progress) -> list[Handoff]:
         out: list[Handoff] = []
@@ -177,8 +203,13 @@ class BatchingEngine:
                 progress.done(rid, now)
             elif self.role == "prefill":
                 xfer = self.cost.migration_time(s.computed)
-                out.append(Handoff(now + xfer, self.decode_target, s.req))
+                out.append(Handoff(now + xfer, self.decode_target, s.req, self))
+                self.held[rid] = s.blocks  # kept until the decode side pulls the KV
+                s.blocks = 0
             else:
+                if s.source is not None:  # first decode step: the KV is here now
+                    out.append(Handoff(now, s.source, s.req, RELEASE))
+                    s.source = None
                 continue
             self.running.remove(s)
             self._release(s)

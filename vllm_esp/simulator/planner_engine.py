@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from vllm_esp.planner import ClusterState, CostModel, Instance, IterationPlan
 from vllm_esp.planner import Request as PlannerRequest
+from vllm_esp.simulator.batching_engine import client_max_tokens
 from vllm_esp.simulator.core import Handoff, Progress
 from vllm_esp.workloads.types import Request
 
@@ -40,10 +41,9 @@ class IterationRecord:
 
 def plan_time(plan: IterationPlan, state: ClusterState, cost: CostModel) -> float:
     """Seconds ``plan`` takes on ``state`` (before ``apply_plan``), per the module formula."""
-    waiting = {r.req_id: r for r in state.waiting}
     t_batches = 0.0
     for pb in plan.prefill:
-        lens = [waiting[rid].prefill_len for rid in pb.req_ids]
+        lens = [state.waiting_request(rid).prefill_len for rid in pb.req_ids]
         t = cost.prefill_time(len(pb.instances), sum(lens), sum(x * x for x in lens))
         t_batches = max(t_batches, t)
     for db in plan.decode:
@@ -59,7 +59,7 @@ class PlannerEngine:
 
     def __init__(self, name: str, policy, cost: CostModel, num_instances: int,
                  blocks_per_instance: int, block_size: int, keep_trace: bool = False,
-                 validate: bool = False):
+                 validate: bool = False, max_tokens: int | None = None):
         self.name = name
         self.policy = policy
         self.cost = cost
@@ -70,11 +70,15 @@ class PlannerEngine:
         self._prefilled: list[str] = []
         self.rejected: list[str] = []
         self.validate = validate  # check every plan with the planner's own validator (slow)
+        self.max_tokens = max_tokens  # what clients send as max_tokens (None: each output)
+        self._stop: dict[str, int] = {}  # req_id -> true output length (when it stops)
 
     def add(self, req: Request, now: float, state: object = None) -> None:
+        rid = str(req.request_id)
+        self._stop[rid] = req.output_len
         self.state.add_request(PlannerRequest(
-            req_id=str(req.request_id), prompt_len=req.prompt_len,
-            max_output_len=req.output_len, arrival_time=req.arrival))
+            req_id=rid, prompt_len=req.prompt_len,
+            max_output_len=client_max_tokens(req, self.max_tokens), arrival_time=req.arrival))
 
     def _runnable(self, plan: IterationPlan, planned_on: ClusterState, now: float) -> bool:
         """False if the plan runs nothing (its rejections are applied); checks it if asked."""
@@ -119,9 +123,13 @@ class PlannerEngine:
             progress.token(int(rid), now)
         for rid in ran:
             req = self.state.running.get(rid)
-            if req is not None and req.output_len >= req.max_output_len:
+            if req is not None and req.output_len >= self._stop[rid]:
                 progress.done(int(rid), now)
                 self.state.finish(rid)
+                del self._stop[rid]
+                observe = getattr(self.policy, "on_finished", None)
+                if observe is not None:
+                    observe(req)
         for rid in self.rejected:
             progress.rejected.add(int(rid))
 

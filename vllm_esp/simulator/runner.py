@@ -26,17 +26,21 @@ class RunSpec:
     cost: CostModel
     cluster: ClusterSpec
     seed: int = 0
-    horizon_factor: float = 20.0  # stop at this × (last arrival) + 600 s; the rest is unserved
+    horizon_factor: float = 20.0  # stop at this × (last arrival) + horizon_slack; the rest
+    horizon_slack: float = 600.0  # s            is unserved (fails the SLO)
     manager_cfg: object = None  # planner ManagerConfig for the planner systems (None: default)
+    loongserve_cfg: object = None  # LoongServeConfig of the loongserve system (None: default)
     validate: bool = False  # check every planner plan with planner.validate (tests)
 
 
 def simulate(rs: RunSpec, requests: list[Request], rate: float) -> list[RequestResult]:
     """One simulated run of ``requests`` arriving as Poisson(``rate``) with ``rs.seed``."""
     arrivals = poisson(requests, rate, rs.seed)
-    engines, route = build(rs.system, rs.cost, rs.cluster, rs.manager_cfg, validate=rs.validate)
+    engines, route = build(rs.system, rs.cost, rs.cluster, rs.manager_cfg, validate=rs.validate,
+                           loongserve_cfg=rs.loongserve_cfg)
     last = arrivals[-1].arrival if arrivals else 0.0
-    horizon = rs.horizon_factor * last + 600.0 if math.isfinite(rs.horizon_factor) else math.inf
+    horizon = (rs.horizon_factor * last + rs.horizon_slack if math.isfinite(rs.horizon_factor)
+               else math.inf)
     return run(arrivals, engines, route, horizon)
 
 

@@ -9,12 +9,22 @@ esp_async      the same manager, but every ESP group runs on its own clock (Loon
                see async_engine.py)
 static_sp      one engine, planner policy ``static_sp``: every batch on all N instances
 replicas       N independent engines of 1 instance, planner policy ``replicas``, round-robin
-chunked        one engine on all N instances (static SP/TP group, pooled KV), vLLM-style chunked
-               prefill with a token budget — the stand-in for vLLM / LightLLM-SplitFuse at TP=8
+loongserve     LoongServe's own scheduler (planner policy ``loongserve``, a port of its router)
+               in its execution model: lockstep decode steps, macro-iterations with greedy
+               refill (loongserve_engine.py)
+chunked        one engine on all N instances (a TP group of N·tp GPUs, pooled KV), vLLM-style
+               chunked prefill with a token budget — vLLM / LightLLM-SplitFuse at TP=8
 chunked_dp     N independent 1-instance chunked-prefill engines, round-robin (vLLM TP=2 × DP)
 disagg         prefill engine on P instances + decode engine on N−P, KV sent over the link
                (DistServe-style prefill/decode disaggregation; P = N/2 by default)
 =============  ===============================================================================
+
+The batching systems take vLLM's serving token budget for the profile's GPU
+(``serving_defaults``) unless ``ClusterSpec.token_budget`` says otherwise; ``chunked@8192``
+(any batching system, ``@`` a budget in tokens) runs one with another budget, which is how a
+budget sweep is spelled. Every system sees the same ``max_tokens`` per request
+(``ClusterSpec.max_tokens``: None = each request's output length, as benchmark clients send
+with ``ignore_eos``; an int = that cap for every request, so nobody knows true lengths).
 
 Planner policies make every decision of the planner systems; the simulator only executes plans.
 Replicas are separate engines with separate iteration clocks (a real DP deployment is N
@@ -30,7 +40,9 @@ from vllm_esp.simulator.batching_engine import BatchingEngine
 from vllm_esp.simulator.core import Engine, Router, round_robin
 from vllm_esp.simulator.planner_engine import PlannerEngine
 
-SYSTEMS = ("esp", "esp_async", "static_sp", "replicas", "chunked", "chunked_dp", "disagg")
+SYSTEMS = ("esp", "esp_async", "loongserve", "static_sp", "replicas", "chunked", "chunked_dp",
+           "disagg")
+BATCHING = ("chunked", "chunked_dp", "disagg")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +52,45 @@ class ClusterSpec:
     num_instances: int = 4  # model replicas (TP groups)
     kv_tokens_per_instance: int = 250_000  # KV capacity of one instance, tokens
     block_size: int = 16  # tokens per KV block
-    token_budget: int = 16_384  # tokens per iteration of the chunked-prefill engines
-    max_num_seqs: int = 256  # running requests per batching engine (vLLM max_num_seqs)
+    token_budget: int | None = None  # tokens per chunked-prefill iteration (None: vLLM's)
+    max_num_seqs: int | None = None  # running requests per batching engine (None: vLLM's)
     prefill_instances: int | None = None  # disagg: instances for prefill (default N/2)
+    max_tokens: int | None = None  # max_tokens every client sends (None: its output length)
 
     @property
     def blocks_per_instance(self) -> int:
         return self.kv_tokens_per_instance // self.block_size
+
+
+def serving_defaults(cost: CostModel) -> tuple[int, int]:
+    """vLLM's ``(max_num_batched_tokens, max_num_seqs)`` for ``vllm serve`` on the profile's
+    device (vllm/engine/arg_utils.py, ``get_batch_defaults``, vLLM 0.32): A100 and unknown
+    GPUs 2048/256 (PR #17885: larger budgets cost A100 throughput), H100/H200-class 8192/1024,
+    B200-class (>= 160 GB) 16384/1024, CPU 2048·world/128·world."""
+    dev = cost.meta.device.lower()
+    world = max(1, cost.meta.tp_size)
+    if dev.startswith("cpu"):
+        return 2048 * world, 128 * world
+    if "a100" in dev:
+        return 2048, 256
+    if any(x in dev for x in ("b200", "b300", "gb200")):
+        return 16384, 1024
+    if any(x in dev for x in ("h100", "h200", "h800", "h20", "mi300", "mi325")):
+        return 8192, 1024
+    return 2048, 256
+
+
+def parse_system(name: str) -> tuple[str, int | None]:
+    """``"chunked@8192"`` -> ``("chunked", 8192)``; a budget only for batching systems."""
+    base, _, budget = name.partition("@")
+    if base not in SYSTEMS:
+        raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
+    if not budget:
+        return base, None
+    if base not in BATCHING or not budget.isdigit() or int(budget) < 1:
+        raise ValueError(f"{name!r}: '@<tokens>' sets the token budget of "
+                         f"{', '.join(BATCHING)} only")
+    return base, int(budget)
 
 
 def kv_tokens_from_memory(cost: CostModel, gpu_mem_gb: float = 80.0, weights_gb: float = 13.5,
@@ -63,39 +107,49 @@ def kv_tokens_from_memory(cost: CostModel, gpu_mem_gb: float = 80.0, weights_gb:
 
 
 def build(system: str, cost: CostModel, spec: ClusterSpec, manager_cfg=None,
-          keep_trace: bool = False, validate: bool = False) -> tuple[list[Engine], Router]:
-    """Fresh engines (no shared state with earlier runs) and the router of ``system``."""
+          keep_trace: bool = False, validate: bool = False,
+          loongserve_cfg=None) -> tuple[list[Engine], Router]:
+    """Fresh engines (no shared state with earlier runs) and the router of ``system``.
+    ``manager_cfg`` configures the planner policies, ``loongserve_cfg`` (a
+    ``LoongServeConfig``) the ``loongserve`` one."""
     from vllm_esp.planner.policies import make_policy  # lazy: keeps CLI --help light
 
+    system, budget = parse_system(system)
     n, bpi, bs = spec.num_instances, spec.blocks_per_instance, spec.block_size
+    planner = dict(keep_trace=keep_trace, validate=validate, max_tokens=spec.max_tokens)
     if system == "esp_async":
         from vllm_esp.simulator.async_engine import AsyncPlannerEngine
 
         e = AsyncPlannerEngine(system, make_policy("esp", cost, manager_cfg), cost, n, bpi, bs,
-                               keep_trace, validate)
+                               **planner)
+        return [e], lambda r: e
+    if system == "loongserve":
+        from vllm_esp.simulator.loongserve_engine import LoongServeEngine
+
+        e = LoongServeEngine(system, make_policy("loongserve", cost, loongserve_cfg), cost, n, bpi,
+                             bs, **planner)
         return [e], lambda r: e
     if system in ("esp", "static_sp"):
         e = PlannerEngine(system, make_policy(system, cost, manager_cfg), cost, n, bpi, bs,
-                          keep_trace, validate)
+                          **planner)
         return [e], lambda r: e
     if system == "replicas":
         es = [PlannerEngine(f"replica{i}", make_policy("replicas", cost, manager_cfg), cost, 1,
-                            bpi, bs, keep_trace, validate) for i in range(n)]
+                            bpi, bs, **planner) for i in range(n)]
         return es, round_robin(es)
+    d_budget, d_seqs = serving_defaults(cost)
+    batching = dict(token_budget=budget or spec.token_budget or d_budget,
+                    max_num_seqs=spec.max_num_seqs or d_seqs, max_tokens=spec.max_tokens)
     if system == "chunked":
-        e = BatchingEngine("chunked", cost, n, bpi, bs, spec.token_budget, spec.max_num_seqs)
+        e = BatchingEngine("chunked", cost, n, bpi, bs, **batching)
         return [e], lambda r: e
     if system == "chunked_dp":
-        es = [BatchingEngine(f"chunked{i}", cost, 1, bpi, bs, spec.token_budget,
-                             spec.max_num_seqs) for i in range(n)]
+        es = [BatchingEngine(f"chunked{i}", cost, 1, bpi, bs, **batching) for i in range(n)]
         return es, round_robin(es)
-    if system == "disagg":
-        p = spec.prefill_instances or max(1, n // 2)
-        if not 0 < p < n:
-            raise ValueError(f"disagg needs 0 < prefill_instances < {n}, got {p}")
-        dec = BatchingEngine("decode", cost, n - p, bpi, bs, spec.token_budget,
-                             spec.max_num_seqs, role="decode")
-        pre = BatchingEngine("prefill", cost, p, bpi, bs, spec.token_budget, spec.max_num_seqs,
-                             role="prefill", decode_target=dec)
-        return [pre, dec], lambda r: pre
-    raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+    p = spec.prefill_instances or max(1, n // 2)
+    if not 0 < p < n:
+        raise ValueError(f"disagg needs 0 < prefill_instances < {n}, got {p}")
+    dec = BatchingEngine("decode", cost, n - p, bpi, bs, role="decode", **batching)
+    pre = BatchingEngine("prefill", cost, p, bpi, bs, role="prefill", decode_target=dec,
+                         **batching)
+    return [pre, dec], lambda r: pre

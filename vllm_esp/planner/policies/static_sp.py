@@ -26,8 +26,7 @@ class StaticSPPolicy:
 
     def __init__(self, cost: CostModel, cfg: ManagerConfig | None = None):
         self.cost = cost
-        self.cfg = cfg or ManagerConfig(lookahead=0, compaction=False)
-        self.bypass: dict[str, int] = {}
+        self.cfg = cfg or ManagerConfig(out_of_order=False, compaction=False)
 
     def plan(self, state: ClusterState, now: float) -> IterationPlan:
         plan = IterationPlan()
@@ -46,7 +45,7 @@ class StaticSPPolicy:
         disp = dispatch(
             DispatchInput(state.waiting, running, free, idle, [batch] if batch else [],
                           sum(state.pool.capacity.values()), state.block_size, now),
-            self.cost, self.cfg, self.bypass,
+            self.cost, self.cfg,
         )
         plan.rejected = disp.rejected
         admitted = self._fit_even_split(disp.admitted, everyone, free, state.block_size)

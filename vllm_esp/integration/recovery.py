@@ -68,5 +68,4 @@ def rollback_lost_step(esp, instance: int, scheduler_output) -> None:
             esp.place_span_again(request.request_id)
             continue
         sched.running.remove(request)
-        sched._preempt_request(request, now)
-        sched.waiting.prepend_request(request)
+        sched._preempt_request(request, now)  # (it puts the request back at the queue head)

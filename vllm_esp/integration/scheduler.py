@@ -428,7 +428,7 @@ class ESPScheduler(SchedulerInterface):
         if max(loads.values()) <= minibatch:
             return
         free = {i: self.pool.free_blocks(i) - self.spans.blocks_needed(i)
-                for i in range(n) if i not in self.spans.reserved and i not in self.in_flight}
+                for i in range(n) if i not in self.spans.reserved}
         for span in list(self.spans.spans.values()):
             r, src = span.request, span.master
             if span.keep_on_master or src in self.in_flight or \
@@ -454,8 +454,7 @@ class ESPScheduler(SchedulerInterface):
         with the most room (a merge: the two batches now share that instance); most room,
         then the lowest id, within each kind. None when no other instance has a free block."""
         room = [(not self._decoding(k), free[k] - need[k], -k) for k in range(len(free))
-                if k != src and k not in self.spans.reserved and k not in self.in_flight
-                and free[k] - need[k] >= 1]
+                if k != src and k not in self.spans.reserved and free[k] - need[k] >= 1]
         return -max(room)[2] if room else None
 
     def _schedulable(self) -> set[int]:

@@ -62,13 +62,13 @@ def run_engine(model: str, n: int, ring: bool, prompt: list[int], pool: int) -> 
         sched = esp_scheduler(llm)
         warm = TokensPrompt(prompt_token_ids=prompt[:64])
         llm.generate([warm], SamplingParams(max_tokens=2), use_tqdm=False)
-        before = sum(sched.esp_bytes)
+        before = sum(sched.stats.esp_bytes_sent)
         t0 = time.perf_counter()
         out = llm.generate([TokensPrompt(prompt_token_ids=prompt)],
                            SamplingParams(temperature=0.0, max_tokens=1), use_tqdm=False)
         seconds = time.perf_counter() - t0
         stats = sched.esp_stats()
-        return {"seconds": seconds, "bytes": sum(sched.esp_bytes) - before,
+        return {"seconds": seconds, "bytes": sum(sched.stats.esp_bytes_sent) - before,
                 "tokens": list(out[0].outputs[0].token_ids),
                 "ring_prefills": stats["ring_prefills"],
                 "parallel_prefills": stats["parallel_prefills"]}

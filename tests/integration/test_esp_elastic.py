@@ -83,11 +83,11 @@ def runs(tiny_models):
         for n_prompt in (300, 2400):
             got = []
             for new in (1, 9):
-                before = sched.esp_bytes[:]
+                before = sched.stats.esp_bytes_sent[:]
                 llm.generate(*_bytes_case(n_prompt, new), use_tqdm=False)
-                got.append(sum(sched.esp_bytes) - sum(before))
+                got.append(sum(sched.stats.esp_bytes_sent) - sum(before))
             out[("decode_bytes", n_prompt)] = got[1] - got[0]
-        out["plan_bytes"] = list(sched.esp_bytes)
+        out["plan_bytes"] = list(sched.stats.esp_bytes_sent)
         out["worker_bytes"] = llm.collective_rpc("esp_comm_bytes")
         prompts, params = _mixed_workload()
         out["mixed"] = llm.generate(prompts, params, use_tqdm=False)

@@ -77,14 +77,14 @@ def run(tiny_models, tmp_path_factory):
     try:
         sched = esp_scheduler(llm)
         usage = record_kv_usage(sched)
-        before = sum(sched.esp_bytes)
+        before = sum(sched.stats.esp_bytes_sent)
         out["one_token"] = llm.generate([long_prompt], _greedy(1), use_tqdm=False)
-        out["prefill_bytes"] = sum(sched.esp_bytes) - before
+        out["prefill_bytes"] = sum(sched.stats.esp_bytes_sent) - before
         out["after_prefill"] = sched.esp_stats()
         usage.clear()
-        before = sum(sched.esp_bytes)
+        before = sum(sched.stats.esp_bytes_sent)
         out["long"] = llm.generate([long_prompt], _greedy(40), use_tqdm=False)
-        out["long_bytes"] = sum(sched.esp_bytes) - before
+        out["long_bytes"] = sum(sched.stats.esp_bytes_sent) - before
         out["long_usage"] = list(usage)
         out["long_stats"] = sched.esp_stats()
         out["short"] = llm.generate([_tokens(80, 2)], _greedy(8), use_tqdm=False)

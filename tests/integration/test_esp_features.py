@@ -96,9 +96,9 @@ def runs(tiny_models, tmp_path_factory):
         placed = {}
         add = sched.spans.add
 
-        def recording_add(request):
+        def recording_add(request, **kw):
             placed[request.request_id] = request
-            return add(request)
+            return add(request, **kw)
 
         sched.spans.add = recording_add
         out["esp"] = generate(llm)

@@ -82,7 +82,7 @@ def pooled_run(tiny_models):
         outs = llm.generate([_prompt()], _params(), use_tqdm=False)
         run = {"outs": outs, "usage": list(usage), "stats": sched.esp_stats(),
                "total": [sched.pool.total_blocks(i) for i in range(2)],
-               "spanning": sched.spans.num_spanning, "open_spans": dict(sched.spans.spans),
+               "spanning": sched.stats.spanning_requests, "open_spans": dict(sched.spans.spans),
                "bytes": llm.collective_rpc("esp_comm_bytes"),
                "calls": llm.collective_rpc("esp_comm_calls")}
         # two spanning requests that fit together are prefilled in one batched ring
@@ -257,26 +257,41 @@ def test_qwen2_spanning_prefill_scale_up_and_prefix_cache_match_stock(qwen_run):
 
 @pytest.fixture(scope="module")
 def alise_run(tiny_models):
-    """Spanning requests under the length-aware per-instance scheduler, and a bad hint."""
+    """Spanning requests under the length-aware per-instance scheduler (ALISE order in each
+    instance, placement by predicted work across them), ring prefills of hinted prompts
+    there, and a bad hint."""
     rng = random.Random(9)
     prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(8, 512) for _ in range(n)])
                for n in (2880, 50, 300, 2200, 10, 900)]
     params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True)
               for m in (16, 40, 8, 24, 100, 60)]
-    bad = SamplingParams(max_tokens=4, extra_args={"esp_instances": 0})
     run = {}
     with engine_core_in_process():
         llm = make_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=POOL,
                           max_model_len=MAX_LEN, additional_config={
                               "esp": {"instances": 2, "policy": "alise", "predictor": "online"}})
     try:
-        outs = llm.generate(prompts + prompts[1:2], params + [bad], use_tqdm=False)
-        run["outs"], run["bad"] = outs[:-1], outs[-1]
-        run["stats"] = esp_scheduler(llm).esp_stats()
+        sched = esp_scheduler(llm)
+        run["outs"] = llm.generate(prompts, params, use_tqdm=False)
+        run["stats"] = sched.esp_stats()
+        run["ring"] = llm.generate(*_ring_batch(), use_tqdm=False)
+        run["ring_stats"] = sched.esp_stats()
+        try:
+            llm.generate(prompts[1:2], SamplingParams(max_tokens=4,
+                                                      extra_args={"esp_instances": 0}),
+                         use_tqdm=False)
+        except ValueError as e:
+            run["bad"] = str(e)
+        run["after_bad"] = llm.generate(prompts[1:2], params[1:2], use_tqdm=False)
     finally:
         close_engine(llm)
-    run["ref"] = generate_once(tiny_models["llama"], None, prompts, params,
-                               kv_cache_memory_bytes=2 * POOL, max_model_len=MAX_LEN)
+    ref = make_engine(tiny_models["llama"], None, kv_cache_memory_bytes=2 * POOL,
+                      max_model_len=MAX_LEN)
+    try:
+        run["ref"] = ref.generate(prompts, params, use_tqdm=False)
+        run["ring_ref"] = ref.generate(*_ring_batch(), use_tqdm=False)
+    finally:
+        close_engine(ref)
     return run
 
 
@@ -287,6 +302,15 @@ def test_spanning_under_alise_policy_matches_stock(alise_run):
     assert alise_run["stats"]["kv_used_blocks"] == [0, 0]
 
 
-def test_bad_esp_instances_hint_fails_only_that_request(alise_run):
-    bad = alise_run["bad"].outputs[0]
-    assert bad.finish_reason == "error" and len(bad.token_ids) == 0
+def test_ring_prefill_runs_under_alise_and_matches_stock(alise_run):
+    """Chunk 0 of a ring is pinned ahead of the length-aware order, so hinted prompts get
+    their parallel (ring) prefill under --esp-policy alise too."""
+    before, after = alise_run["stats"], alise_run["ring_stats"]
+    assert after["ring_prefills"] - before["ring_prefills"] == 2
+    assert after["parallel_prefills"] - before["parallel_prefills"] == 2
+    assert_same_outputs(alise_run["ring"], alise_run["ring_ref"])
+
+
+def test_bad_esp_instances_hint_is_refused_and_the_engine_goes_on(alise_run):
+    assert "esp_instances must be an integer from 1 to 2" in alise_run["bad"]
+    assert len(alise_run["after_bad"][0].outputs[0].token_ids) == 40

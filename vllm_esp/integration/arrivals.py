@@ -104,11 +104,18 @@ class ArrivalsMixin:
         return ringless
 
     def _dispatch(self, request: Request, among: list[int] | None = None) -> None:
-        """A request on one instance: the pool's choice (most headroom), ``among`` these."""
-        instance = self.pool.choose_instance(request, among)
+        """A request on one instance, ``among`` these: the least predicted work with room
+        for it under a length-aware policy (``length_aware.py``), else the pool's choice
+        (most headroom)."""
+        if self.length_aware:
+            instance = self._choose_by_work(request, among)
+        else:
+            instance = self.pool.choose_instance(request, among)
         self._assign(request, instance)
         self.stats.prefill_instances[1] += 1
         self.instances[instance].add_request(request)
+        if self.length_aware:
+            self._count_work(request, instance)
 
     def _assign(self, request: Request, instance: int) -> None:
         """Record where the request runs; a request placed again after a preemption was

@@ -62,7 +62,7 @@ class ESPExecutor(Executor):
         from vllm_esp.plugin import ensure_registered
 
         ensure_registered()  # version guard + patches, also on the plain qualname route
-        self.esp = check_config(vllm_config)
+        self.esp = instance_config.check_config(vllm_config)
         sched = vllm_config.scheduler_config
         if sched.scheduler_cls in (None, qualnames.STOCK_SCHEDULER):
             # EngineCore builds the scheduler after the executor: make the default ours.

@@ -45,7 +45,7 @@ def check_config(vllm_config) -> ESPConfig:
     plugin loaded, ``vllm_esp.options.check_engine_fields`` refused most of these already,
     in the user's process)."""
     esp = ESPConfig.from_vllm_config(vllm_config)
-    _validate(vllm_config, esp)
+    validate(vllm_config, esp)
     return esp
 
 

@@ -82,16 +82,23 @@ class DistributedKVPool:
         then round-robin (one request at a time must not always land on instance 0: idle
         instances are all equal). ``among``: only these instances. The caller dispatches
         the request to the returned instance."""
-        n = self.num_instances
-
-        def key(i: int):
-            headroom = self.free_blocks(i) - self.pending_demand(i)
-            return (-headroom, len(self.schedulers[i].requests), (i - self._next) % n)
-
-        candidates = [i for i in (among or range(n)) if i not in self.dead] or self.live()
-        chosen = min(candidates, key=key)
-        self._next = (chosen + 1) % n
+        order = self.in_turn(among)
+        chosen = min(order, key=lambda i: (-self.headroom(i), len(self.schedulers[i].requests)))
+        self.took(chosen)
         return chosen
+
+    def headroom(self, instance: int) -> int:
+        return self.free_blocks(instance) - self.pending_demand(instance)
+
+    def in_turn(self, among: list[int] | None = None) -> list[int]:
+        """The live instances of ``among`` (all by default), starting with the next in the
+        round-robin: the order that breaks ties between equally good instances."""
+        n = self.num_instances
+        candidates = [i for i in (among or range(n)) if i not in self.dead] or self.live()
+        return sorted(candidates, key=lambda i: (i - self._next) % n)
+
+    def took(self, instance: int) -> None:
+        self._next = (instance + 1) % self.num_instances
 
     def assign(self, request_id: str, instance: int) -> None:
         self.instance_of[request_id] = instance

@@ -60,6 +60,9 @@ _SCALARS = {
                               "per hop) with other requests' prefills."),
     "span_recompute": ("vllm_esp:num_span_recompute",
                        "Spanning requests preempted (whole pool full) and placed again."),
+    "rerouted": ("vllm_esp:num_requests_rerouted",
+                 "Waiting requests moved to an instance with less predicted work "
+                 "(--esp-policy sjf/alise)."),
 }
 # {instances: requests} counts, labelled by the number of instances
 _BY_INSTANCES = {

@@ -32,6 +32,7 @@ from vllm_esp.integration.admission import Admission
 from vllm_esp.integration.capacity import pool_summary
 from vllm_esp.integration.arrivals import ArrivalsMixin
 from vllm_esp.integration.elastic import ElasticDecodeMixin
+from vllm_esp.integration.length_aware import LengthAwareMixin
 from vllm_esp.integration.spanning import views
 from vllm_esp.integration.stats import ESPStats, attention_row_bytes, merge_scheduler_stats
 from vllm_esp.planner.prefill_groups import PrefillPlanner, load_profile
@@ -65,7 +66,7 @@ def instance_scheduler_class(esp: ESPConfig) -> type[Scheduler]:
     return cls
 
 
-class ESPScheduler(ArrivalsMixin, ElasticDecodeMixin, SchedulerInterface):
+class ESPScheduler(ArrivalsMixin, ElasticDecodeMixin, LengthAwareMixin, SchedulerInterface):
     def __init__(
         self,
         vllm_config,
@@ -127,6 +128,7 @@ class ESPScheduler(ArrivalsMixin, ElasticDecodeMixin, SchedulerInterface):
                                  ring_prefill=self.esp.ring_prefill,
                                  batch_rings=self.esp.batch_rings, enabled=not blockers)
         self.spans.busy = self.in_flight  # a live view of the busy instances, never stale
+        self._init_length_aware()
         # spanning requests waiting for free blocks (admitted in order as pools free up), and
         # requests that cannot fit even in idle pools (finished with an error next step)
         self.pending_spans: list[Request] = []
@@ -143,7 +145,7 @@ class ESPScheduler(ArrivalsMixin, ElasticDecodeMixin, SchedulerInterface):
         self.kv_cache_manager = self.instances[0].kv_cache_manager
         self._step = 0
         self._placed_again: set[str] = set()  # preempted spanning requests waiting to re-place
-        
+
     # ---- requests in and out ----------------------------------------------------------
     def add_request(self, request: Request) -> None:
         instance = self.pool.instance_of.get(request.request_id)
@@ -172,15 +174,6 @@ class ESPScheduler(ArrivalsMixin, ElasticDecodeMixin, SchedulerInterface):
 
     def _may_swap(self, request: Request) -> bool:
         return request.request_id not in self.spans.view_of
-
-
-
-
-
-
-
-
-
 
 
     def finish_requests(self, request_ids: str | Iterable[str] | None,
@@ -213,9 +206,12 @@ class ESPScheduler(ArrivalsMixin, ElasticDecodeMixin, SchedulerInterface):
             logger.error("ESP: instance %d is gone; its requests are placed again on the "
                          "%d live instances", dead, self.health.num_alive)
             self.rejected.extend(recovery.evacuate(self, dead))
+        self._work = None  # predicted work per instance is read afresh each step
         self._admit_spans()
         if self.arrivals:
             self._plan_arrivals()
+        if self.length_aware:
+            self._reroute_waiting()
         if len(self.instances) > 1:
             self.spans.start_next_chunks()
             self._scale_up()
@@ -251,9 +247,6 @@ class ESPScheduler(ArrivalsMixin, ElasticDecodeMixin, SchedulerInterface):
         return merged
 
 
-
-
-
     def _schedulable(self) -> set[int]:
         """Instances that start a step now: alive, not running one, and (when spread
         requests link them to others) their whole group is free too."""
@@ -277,9 +270,6 @@ class ESPScheduler(ArrivalsMixin, ElasticDecodeMixin, SchedulerInterface):
                     plan = plan or ESPStepPlan()
                     plan.resume_outputs[new.req_id] = tokens
         return plan
-
-
-
 
 
     def get_grammar_bitmask(self, scheduler_output: ESPSchedulerOutput):

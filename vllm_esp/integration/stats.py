@@ -26,6 +26,7 @@ class ESPStats:
     master_moves: int = 0  # decodes moved off a master running too many (relieve)
     scale_down: int = 0  # instances released by a request after its prefill chunk
     span_recompute: int = 0  # spanning requests preempted and placed again
+    rerouted: int = 0  # waiting requests moved to an instance that starts them sooner
     parallel_prefills: int = 0  # spanning prefills run over all holders at once
     ring_prefills: int = 0  # of those, run as a striped ring
     batched_ring_prefills: int = 0  # of those, sharing their ring with other requests
@@ -58,6 +59,7 @@ class ESPStats:
             "master_moves": self.master_moves,
             "scale_down": self.scale_down,
             "span_recompute": self.span_recompute,
+            "rerouted": self.rerouted,
             "parallel_prefills": self.parallel_prefills,
             "ring_prefills": self.ring_prefills,
             "batched_ring_prefills": self.batched_ring_prefills,

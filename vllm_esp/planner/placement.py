@@ -7,7 +7,8 @@ instances with these functions: contiguous, block-aligned chunks, chunk ``j`` on
 
 from __future__ import annotations
 
-__all__ = ["even_bounds", "place_chunks", "place_evenly", "blocks_for"]
+__all__ = ["even_bounds", "place_chunks", "place_evenly", "blocks_for", "least_work_instance",
+           "reroute_waiting"]
 
 
 def blocks_for(tokens: int, block_size: int) -> int:
@@ -61,3 +62,40 @@ def place_chunks(tokens: int, order: list[int], headroom: dict[int, int],
     holders.append(master)
     bounds.append(tokens)
     return holders, bounds
+
+
+def least_work_instance(order: list[int], work: dict[int, float], headroom: dict[int, int],
+                        need: int) -> int:
+    """Length-aware dispatch (ALISE's estimates across instances): of the instances in
+    ``order`` with room for the request's ``need`` blocks now, the one with the least
+    predicted work left (seconds); ties go to more headroom, then to the earlier in
+    ``order``. When none has room: the most headroom (it waits there for blocks)."""
+    rank = {i: n for n, i in enumerate(order)}
+    fits = [i for i in order if headroom[i] >= need]
+    if fits:
+        return min(fits, key=lambda i: (work[i], -headroom[i], rank[i]))
+    return min(order, key=lambda i: (-headroom[i], rank[i]))
+
+
+def reroute_waiting(work: dict[int, float], heads: dict[int, tuple[str, float, int]],
+                    takers: dict[int, int]) -> list[tuple[str, int, int]]:
+    """Requests placed at arrival that still wait move to an instance that would start them
+    sooner (work stealing on predicted work). ``work``: predicted seconds left per instance;
+    ``heads``: per instance, the next request its queue would start (id, its predicted
+    seconds, blocks its prompt needs) among those that may move; ``takers``: instances with
+    nothing waiting, with their free blocks. A taker takes the head of the instance with the
+    most work when it has room for it and ends up with less work than that instance had.
+    Returns ``(request id, from, to)``, at most one move per taker and per source."""
+    moves: list[tuple[str, int, int]] = []
+    work = dict(work)
+    sources = sorted(heads, key=lambda i: (-work[i], i))
+    for dst in sorted(takers, key=lambda i: (work[i], i)):
+        for src in sources:
+            rid, seconds, blocks = heads[src]
+            if src != dst and blocks <= takers[dst] and work[dst] + seconds < work[src]:
+                moves.append((rid, src, dst))
+                work[src] -= seconds
+                work[dst] += seconds
+                sources.remove(src)
+                break
+    return moves

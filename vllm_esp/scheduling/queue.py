@@ -9,6 +9,9 @@ key function sees one clock, so the order is stable during the pass.
 
 ``prepend_request(s)`` exist in the interface for FCFS semantics (put a preempted or skipped
 request back in front); here the key decides the position, which is what a priority queue means.
+``pin_front`` is the one exception: the first chunk of an ESP ring prefill must run in the step
+its other chunks run (they are computed together), so it stays ahead of every keyed request
+until it leaves the queue.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from vllm.v1.core.sched.request_queue import RequestQueue
-from vllm.v1.request import Request
+from vllm.v1.request import Request, RequestStatus
 
 
 class ScoredRequestQueue(RequestQueue):
@@ -24,6 +27,7 @@ class ScoredRequestQueue(RequestQueue):
         self._key = key
         self._items: list[Request] = []
         self._dirty = False
+        self._pinned: list[Request] = []  # ahead of the keyed order, in pin order
 
     def invalidate(self) -> None:
         self._dirty = True
@@ -31,8 +35,23 @@ class ScoredRequestQueue(RequestQueue):
     def _sorted(self) -> list[Request]:
         if self._dirty:
             self._items.sort(key=self._key)
+            if self._pinned:
+                self._pinned = [r for r in self._pinned if r.status == RequestStatus.WAITING]
+                pinned = {id(r): n for n, r in enumerate(self._pinned)}
+                self._items.sort(key=lambda r: pinned.get(id(r), len(pinned)))  # stable
             self._dirty = False
         return self._items
+
+    def pin_front(self, request: Request) -> None:
+        """``request`` (in the queue) goes ahead of every keyed request, after the requests
+        pinned before it, until it is scheduled or removed."""
+        if not any(r is request for r in self._pinned):
+            self._pinned.append(request)
+        self._dirty = True
+
+    def _unpin(self, request: Request) -> None:
+        if self._pinned:
+            self._pinned = [r for r in self._pinned if r is not request]
 
     def add_request(self, request: Request) -> None:
         self._items.append(request)
@@ -42,7 +61,8 @@ class ScoredRequestQueue(RequestQueue):
         items = self._sorted()
         if not items:
             raise IndexError("pop from an empty queue")
-        return items.pop(0)
+        return items.pop(0)  # a pin outlives a pop: vLLM pops a skipped request, then
+        # puts it back; once it is scheduled (or finished) the next sort drops the pin
 
     def peek_request(self) -> Request:
         items = self._sorted()
@@ -59,10 +79,12 @@ class ScoredRequestQueue(RequestQueue):
 
     def remove_request(self, request: Request) -> None:
         self._items.remove(request)
+        self._unpin(request)
 
     def remove_requests(self, requests: Iterable[Request]) -> None:
         drop = set(id(r) for r in requests)
         self._items = [r for r in self._items if id(r) not in drop]
+        self._pinned = [r for r in self._pinned if id(r) not in drop]
 
     def __bool__(self) -> bool:
         return bool(self._items)

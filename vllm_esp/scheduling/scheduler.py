@@ -361,3 +361,28 @@ class AliseScheduler(Scheduler):
         if isinstance(self.connector, SwapConnector):
             out["swap_in"] = self.connector.stats["swap_in"]
         return out
+
+    # ---------------------------------------------------------------- ESP placement -------
+    def predicted_remaining(self, request_id: str) -> float | None:
+        """Estimated seconds of work left for a request on this instance (its priority
+        before aging); None when it is not one of ours. The ESP scheduler sums these to
+        place requests by predicted work (``integration/length_aware.py``)."""
+        job = self.jobs.get(request_id)
+        return None if job is None else self.estimator.remaining_time(job)
+
+    def release_waiting(self, request: Request) -> tuple | None:
+        """A waiting request that never ran leaves for another instance (ESP re-routing,
+        ``views.move_waiting``): its job (prediction, wait so far) and any prediction still
+        being computed go with it."""
+        job = self.jobs.pop(request.request_id, None)
+        if job is None:
+            return None
+        return job, self._pending_predictions.pop(request.request_id, None)
+
+    def adopt_waiting(self, request: Request, state: tuple) -> None:
+        """The other end of ``release_waiting``: no new prediction, the wait keeps aging."""
+        job, future = state
+        self.jobs[request.request_id] = job
+        if future is not None:
+            self._pending_predictions[request.request_id] = future
+        Scheduler.add_request(self, request)

@@ -200,7 +200,7 @@ class SpanManager(RoomChecks, PlanBuilder):
         span.parked.append(False)
         self.view_of[view.request_id] = (real.request_id, j)
         sched.add_request(view)
-        if span.parallel and not begin:  # chunk 0 holds no KV yet: front of the FCFS queue
+        if span.parallel and not begin:  # chunk 0 holds no KV yet: front of the queue
             views.to_front(sched, view)
 
     # ---- scale-up ---------------------------------------------------------------------

@@ -4,7 +4,6 @@ prefill is admitted only when all its chunks run in one step.)"""
 
 from __future__ import annotations
 
-from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.request import Request
 
 from vllm_esp.integration.spanning import views
@@ -71,7 +70,8 @@ class RoomChecks:
     def room_for_parallel_prefill(self, span: SpanningRequest, join: bool = False) -> bool:
         """Only decodes are running on every holder, no other KV-holding request is queued
         ahead, the chunk fits the token budget, a request slot and the free blocks, and chunk
-        0 goes to the front of an FCFS queue. ``join``: the chunks of the parallel prefills
+        0 goes to the front of the waiting queue and stays there (FCFS, or pinned ahead of a
+        length-aware order). ``join``: the chunks of the parallel prefills
         not run yet share the step (and are counted)."""
         ahead: dict[int, list[int]] = {}  # instance -> sizes of pending chunks there
         pending_views: set[str] = set()
@@ -86,8 +86,8 @@ class RoomChecks:
             others = ahead.get(i, [])
             if (not self.idle_for_parallel_prefill(i, pending)
                     # chunk 0 holds no KV: it must stay at the head of the waiting queue
-                    # while requests keep arriving (a priority queue would reorder it)
-                    or (j == 0 and not isinstance(sched.waiting, FCFSRequestQueue))
+                    # while requests keep arriving (vLLM's priority heap would reorder it)
+                    or (j == 0 and not views.keeps_front(sched))
                     or size + sum(others) + len(sched.running) > sched.max_num_scheduled_tokens
                     or (threshold and size > threshold)
                     or len(sched.running) + 1 + len(others) > sched.max_num_running_reqs

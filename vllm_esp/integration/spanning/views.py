@@ -18,7 +18,9 @@ Scheduler / KV manager operations:
   request leaves that instance (its runner drops it);
 - ``park`` / ``unpark``: a view leaves / rejoins its scheduler's running list (it keeps its
   blocks: the chunk it holds serves peers);
-- ``to_front``: a view goes to the head of the waiting queue;
+- ``to_front``: a view goes to the head of the waiting queue (``keeps_front``: it stays there);
+- ``can_move`` / ``move_waiting``: a request not started yet leaves one instance's waiting
+  queue for another's (length-aware re-routing);
 - ``new_shadow``: the local view of an earlier chunk (a vLLM ``Request``);
 - ``preempt``: vLLM's recompute preemption of a running request (a step that was lost);
 - ``take_out``: a request leaves a (dead) instance for good, reset to be placed again;
@@ -36,6 +38,7 @@ import contextlib
 
 import torch
 from vllm.sampling_params import SamplingParams
+from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.request import Request, RequestStatus
 
 from vllm_esp.integration.spanning.request import SHADOW_SUFFIX
@@ -141,8 +144,41 @@ def unpark(scheduler, view: Request) -> None:
 
 
 def to_front(scheduler, view: Request) -> None:
+    """The view runs before every other waiting request: the head of an FCFS queue, or pinned
+    ahead of the keyed order of a length-aware queue (``pin_front``)."""
+    if hasattr(scheduler.waiting, "pin_front"):
+        scheduler.waiting.pin_front(view)
+        return
     scheduler.waiting.remove_request(view)
     scheduler.waiting.prepend_request(view)
+
+
+def keeps_front(scheduler) -> bool:
+    """Does a view put at the front (``to_front``) stay there while requests arrive? vLLM's
+    FCFS queue does; its priority heap reorders by each request's priority."""
+    return isinstance(scheduler.waiting, FCFSRequestQueue) or \
+        hasattr(scheduler.waiting, "pin_front")
+
+
+def can_move(scheduler, request: Request) -> bool:
+    """A request that never ran (no KV, no output, never preempted: no runner knows it) and
+    waits in ``scheduler``'s own waiting queue."""
+    return (request.status == RequestStatus.WAITING and request.num_computed_tokens == 0
+            and not request.num_output_tokens and not request.num_preemptions
+            and scheduler.requests.get(request.request_id) is request)
+
+
+def move_waiting(src, dst, request: Request) -> None:
+    """``request`` (``can_move``) leaves ``src`` and waits in ``dst``, with the scheduler
+    state a length-aware scheduler keeps for it (``release_waiting`` / ``adopt_waiting``:
+    its predicted length moves along; a stock scheduler keeps none)."""
+    src.waiting.remove_request(request)
+    del src.requests[request.request_id]
+    state = src.release_waiting(request) if hasattr(src, "release_waiting") else None
+    if state is not None and hasattr(dst, "adopt_waiting"):
+        dst.adopt_waiting(request, state)
+    else:
+        dst.add_request(request)
 
 
 def preempt(scheduler, request: Request, timestamp: float) -> None:

@@ -6,7 +6,8 @@ six short requests on instance 1. With per-instance progress (the default) insta
 completes several steps while instance 0's long step is still running - read from the
 executor's own step timeline, not from sleeps - and every output equals stock vLLM's. The
 lockstep switch (``esp.lockstep``), kept for comparison, shows the difference: there every
-instance waits for the slowest.
+instance waits for the slowest (the other instance runs only the step launched with the long
+one).
 """
 
 from __future__ import annotations
@@ -88,5 +89,5 @@ def test_short_requests_keep_stepping_during_a_long_prefill(tiny_models, stock):
 def test_lockstep_switch_waits_for_the_slowest(tiny_models, stock):
     out, log, placed = _run(tiny_models["llama"], lockstep=True)
     _, inside = _inside(log, next(iter(placed.values())))
-    assert inside == 0
+    assert inside <= 1  # only the step launched together with the long one
     assert_same_outputs(out, stock)

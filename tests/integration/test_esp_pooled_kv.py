@@ -73,9 +73,13 @@ def _ring_batch():
 
 @pytest.fixture(scope="module")
 def pooled_run(tiny_models):
+    # lockstep (esp.lockstep): the merge scenario needs the other instance still decoding
+    # when the long decode outgrows its pool; on their own clocks the short decode's
+    # instance runs ahead and is idle by then (a plain scale-up, as test_esp_elastic shows)
     with engine_core_in_process():
         llm = make_engine(tiny_models["llama"], 2, kv_cache_memory_bytes=POOL,
-                          max_model_len=MAX_LEN)
+                          max_model_len=MAX_LEN,
+                          additional_config={"esp": {"instances": 2, "lockstep": True}})
     try:
         sched = esp_scheduler(llm)
         usage = record_kv_usage(sched)

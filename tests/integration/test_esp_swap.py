@@ -43,7 +43,12 @@ def run(tiny_models):
                           additional_config={"esp": {
                               "instances": 2, "policy": "alise", "predictor": "oracle",
                               "swap": "always", "min_run_steps": 2, "max_wait_s": 30,
-                              "aging_rate": 0.0}})
+                              "aging_rate": 0.0,
+                              # lockstep: on their own clocks the scale-up runs at every
+                              # instance's step and catches each shortage while the other
+                              # instance has a block, so only requests already spread over
+                              # both are preempted (recomputed by design), and nothing swaps
+                              "lockstep": True}})
     try:
         sched = esp_scheduler(llm)
         # the swap scenario of this test whatever the cross-instance rule (placement and

@@ -34,8 +34,9 @@ rows as its chunk has), the stripes' K/V travel around the ring once per layer, 
 keeps the visiting K/V of its own chunk (keep range) in its cache. When a prefix-cache hit
 shortens a chunk, or prompt logprobs need the rows in prompt order, each instance computes its
 own chunk instead and, layer by layer, sends its queries to the holders of the earlier chunks
-(partial attention + LSE merge). When the holders are busy, the chunks run one after another
-with that same query exchange. Keep ranges (what is stored where) are contiguous chunks.
+(partial attention + LSE merge). A holder in the middle of a step may take part: the request
+links the holders, so they start their next step together. When the holders have no room,
+the chunks run one after another with that same query exchange. Keep ranges (what is stored where) are contiguous chunks.
 """
 
 from __future__ import annotations

@@ -22,12 +22,15 @@ class RoomChecks:
         return {i: n for i, n in spare.items() if n > 0}  # a helper holds its chunk's blocks
 
     def idle_for_parallel_prefill(self, i: int, pending: frozenset[str] = frozenset()) -> bool:
-        """Not running a step, not reserved by another parallel prefill, only decodes running
-        (no chunked prefill competes for the budget), no KV-holding request queued ahead.
-        ``pending``: the views of the parallel prefills being joined; their reservation and
-        queued chunks are allowed (the caller counts them in the budget)."""
+        """Not reserved by another parallel prefill, only decodes running (no chunked
+        prefill competes for the budget), no KV-holding request queued ahead. ``pending``:
+        the views of the parallel prefills being joined; their reservation and queued chunks
+        are allowed (the caller counts them in the budget). An instance in the middle of a
+        step qualifies: the chunks wait in its queue, and the spread request links it to the
+        other holders, so all of them start their next step together when the last is free
+        (LoongServe's macro-iteration: the group is reserved for the ring)."""
         sched = self.schedulers[i]
-        return i not in self.busy and not (
+        return not (
             (i in self.reserved and not pending)
             or any(r.request_id not in pending for r in sched.kv_holding_waiting)
             or any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running))
@@ -37,10 +40,15 @@ class RoomChecks:
         return self.pool.free_blocks(i) - self.blocks_needed(i) - self.pool.pending_demand(i)
 
     def blocks_needed(self, i: int) -> int:
-        """New blocks the running requests of instance ``i`` take if all are scheduled."""
+        """New blocks the running requests of instance ``i`` take if all are scheduled. On an
+        instance in the middle of a step each running request counts one more token (the
+        token its step is sampling is not appended yet)."""
         sched, need = self.schedulers[i], 0
+        mid_step = i in self.busy
         for r in sched.running:
             todo = min(r.num_tokens - r.num_computed_tokens, sched.max_num_scheduled_tokens)
+            if mid_step:
+                todo = max(todo, 1)
             need += max(0, self.pool.blocks_for(r.num_computed_tokens + todo)
                         - views.held_blocks(sched, r.request_id))
         return need

@@ -154,7 +154,7 @@ def mean_lower_bound(lens, arrivals, step, slots, d, exempt, slot_s=0.01):
 
     n = len(lens)
     serv = [x * step for x in lens]
-    cols, cost, ub, work_rows, cap_rows = [], [], [], [], []
+    cols, cost, ub = [], [], []
     for j in range(n):
         a, end = arrivals[j], arrivals[j] + d
         t = int(a // slot_s)

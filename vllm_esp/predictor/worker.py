@@ -55,8 +55,8 @@ def _load_tokenizer(spec: dict | None):
 
 
 def _lower_priority(priority) -> None:
-    """``"idle"``: SCHED_IDLE, the child runs only on a core nothing else wants (a waking engine
-    thread preempts it at once); an integer: the niceness to run at. Linux applies both per
+    """``"idle"``: SCHED_IDLE (CFS weight 3 against a normal thread's 1024: the child runs on CPU
+    time the engine leaves idle, and a waking engine thread preempts it at once); an integer: the niceness to run at. Linux applies both per
     thread, so every thread present is set (threads created later inherit it)."""
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]

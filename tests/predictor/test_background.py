@@ -13,6 +13,7 @@ from vllm_esp.predictor.retrieval import RetrievalPredictor
 
 
 def _wait(bg, n, timeout=30.0):
+    bg.flush()  # what the scheduler does at the end of each step
     got, deadline = [], time.monotonic() + timeout
     while len(got) < n and time.monotonic() < deadline:
         got += bg.poll()
@@ -36,6 +37,7 @@ def test_predictions_arrive_by_polling_and_learning_follows_prediction():
         bg.submit("c", PredictRequest([1], prompt_text="write a long essay about salt"))
         bg.forget("c")  # aborted before it was predicted (or after): never learned
         bg.observe(PredictRequest([1]), 5, key="c")
+        bg.flush()
         time.sleep(0.2)
         assert bg.stats["submitted"] == 3 and bg.alive
     finally:

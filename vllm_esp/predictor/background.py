@@ -6,13 +6,15 @@ on a thread of the engine process it still does: it competes for the GIL and the
 engine loop, and finished requests waited for it (to learn from their embedding). Measured with
 ``vllm bench serve`` (random 200/32, 100 prompts): TPOT 171-176 ms and one 2.7-4.8 s step, against
 about 8 ms with the online predictor. Here the encoder, the index and the learning all live in a
-child process (``predictor.worker``) that runs only on CPU time the engine leaves idle, with one
-compute thread; the engine side only puts messages on a queue and picks up finished predictions, and never blocks.
+child process (``predictor.worker``) that runs on CPU time the engine leaves idle, with one
+compute thread; the engine side only stages messages, hands them to a sender thread once per
+step, and picks up finished predictions: it never blocks.
 
 How a request is ordered meanwhile. ``predict`` (called at arrival) returns at once with a
 *provisional* estimate: by default the ``online`` predictor's (prompt-template statistics,
 learned in this process from the same finished requests: a dict look-up), or the mean finished
-length (``provisional="mean"``). ``submit`` sends the request to the child; ``poll`` returns
+length (``provisional="mean"``). ``submit`` stages the request for the child, ``flush`` (end of
+``schedule()``) hands the step's messages to the sender thread; ``poll`` returns
 the predictions that have arrived, and the scheduler replaces the provisional estimate. A
 request that finishes first is still learned from (``observe`` with its key: the child predicts
 it, then learns its length).
@@ -98,6 +100,7 @@ class BackgroundPredictor(LengthPredictor):
         self._error: str | None = None
         self._closing = False
         self._results: deque = deque()
+        self._staged: list = []  # messages of this step, handed to the sender by flush()
         self._ready = threading.Event()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._start(name, options, tokenizer, priority, threads)
@@ -128,17 +131,17 @@ class BackgroundPredictor(LengthPredictor):
             threading.Thread(target=target, name=label, daemon=True).start()
 
     def _write(self) -> None:
-        """Sends queued messages, all that are waiting in one write (the pipe may be full while
+        """Sends flushed messages, all that are waiting in one write (the pipe may be full while
         the child is busy: this thread waits then, never the scheduler)."""
         while True:
-            batch = [self._outbox.get()]
+            lists = [self._outbox.get()]
             while True:
                 try:
-                    batch.append(self._outbox.get_nowait())
+                    lists.append(self._outbox.get_nowait())
                 except queue.Empty:
                     break
-            stop = None in batch
-            batch = [m for m in batch if m is not None]
+            stop = None in lists
+            batch = [m for msgs in lists if msgs is not None for m in msgs]
             try:
                 if batch:
                     self._tx.send(batch)
@@ -174,7 +177,8 @@ class BackgroundPredictor(LengthPredictor):
         if self._closing:
             return
         self._closing = True
-        self._outbox.put(("stop",))
+        self._outbox.put([*self._staged, ("stop",)])
+        self._staged = []
         self._outbox.put(None)
         try:
             self._proc.wait(timeout=5)
@@ -196,13 +200,21 @@ class BackgroundPredictor(LengthPredictor):
         return clip_prediction(mean if mean is not None else self._default, req)
 
     def submit(self, key: str, req: PredictRequest) -> bool:
-        """Queue ``req`` for the real prediction; False if the child is gone (keep the
-        provisional estimate, nothing will arrive)."""
+        """Stage ``req`` for the real prediction (sent at the next ``flush``); False if the
+        child is gone (keep the provisional estimate, nothing will arrive)."""
         if not self.alive:
             return False
-        self._outbox.put(("predict", key, req))
+        self._staged.append(("predict", key, req))
         self.stats["submitted"] += 1
         return True
+
+    def flush(self) -> None:
+        """Hand the staged messages to the sender thread, as one item. The scheduler calls it
+        at the end of ``schedule()``: the sender then pickles and writes them while the model
+        runs, instead of waking (and taking the GIL) once per arrival."""
+        if self._staged and self.alive:
+            self._outbox.put(self._staged)
+        self._staged = []
 
     def poll(self) -> list[tuple[str, float | None]]:
         """(key, prediction) pairs that arrived since the last call; None = the predictor
@@ -221,9 +233,9 @@ class BackgroundPredictor(LengthPredictor):
         if self._provisional is not None:
             self._provisional.observe(req, output_len)
         if key is not None and self.alive:
-            self._outbox.put(("observe", key, int(output_len)))
+            self._staged.append(("observe", key, int(output_len)))
 
     def forget(self, key: str) -> None:
         """The request ended without a length to learn (aborted): drop it in the child."""
         if self.alive:
-            self._outbox.put(("forget", key))
+            self._staged.append(("forget", key))

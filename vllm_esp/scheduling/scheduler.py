@@ -224,6 +224,8 @@ class AliseScheduler(Scheduler):
             if job.swapped_tokens and isinstance(self.connector, SwapConnector) \
                     and not self.connector.swapped_tokens(req_id):
                 self._release_swap(job)
+        if isinstance(self.predictor, BackgroundPredictor):
+            self.predictor.flush()  # sent while the model runs
         self._maybe_publish_metrics(now)
         return out
 

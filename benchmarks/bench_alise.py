@@ -116,7 +116,9 @@ def run_phase(engine, sched, trace, arrivals, cfg, warm, tokenizer, step_s=None)
     from vllm_esp.scheduling import SchedulingConfig
 
     sched.reconfigure(SchedulingConfig.from_dict(cfg))
-    if cfg.get("predictor") == "online":
+    if cfg.get("predictor") in ("online", "retrieval"):
+        # online learns the training samples; retrieval pre-loads them in its own process
+        # (trace_file) and its provisional estimate (online, in the engine) learns them here
         for row in warm:
             sched.predictor.observe(PredictRequest(tokenizer.encode(row["prompt"])),
                                     row["output_len"])
@@ -172,6 +174,7 @@ def run_phase(engine, sched, trace, arrivals, cfg, warm, tokenizer, step_s=None)
         "preempt_memory": stats.get("preempt_memory", 0),
         "prediction_mae": stats.get("prediction_mae", 0.0),
         "prediction_spearman": stats.get("prediction_spearman", float("nan")),
+        "scheduled_provisional": stats.get("scheduled_provisional", 0),
         "finished": len(done), "stats": stats, "latencies": lat,
         "per_request": {i: (done[i], first.get(i)) for i in done},
     }
@@ -186,6 +189,47 @@ def median(xs):
     xs = sorted(xs)
     n = len(xs)
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def build_engine(out_dir: Path, max_num_seqs: int):
+    """(engine, its AliseScheduler, tokenizer): the tiny float32 Llama on the CPU engine, core
+    in-process (policies are switched between phases), swap connector configured."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process core: switch policies
+    from vllm import EngineArgs
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    from vllm_esp.testing.tiny_model import make_tiny_model
+
+    model = make_tiny_model(out_dir / "tiny_model")
+    engine = LLMEngine.from_engine_args(EngineArgs(
+        # room for the heavy trace's 2000-token answers (bimodal never gets near it)
+        model=model, dtype="float32", seed=0, enforce_eager=True, max_model_len=2304,
+        max_num_seqs=max_num_seqs, max_num_batched_tokens=512,
+        scheduler_cls="vllm_esp.scheduling.AliseScheduler",
+        # the swap connector is inert unless the policy swaps (ALISE phases: swap="auto")
+        kv_transfer_config={"kv_connector": "SwapConnector", "kv_role": "kv_both",
+                            "kv_connector_module_path": "vllm_esp.scheduling.swap_connector"},
+        additional_config={"esp": {"policy": "fcfs"}}))
+    return engine, engine.engine_core.engine_core.scheduler, engine.get_tokenizer()
+
+
+def calibrate_step(engine, max_num_seqs: int) -> float:
+    """Median wall time (s) of a step of ``max_num_seqs`` decodes, after a warm-up round: the
+    median is robust to a burst of contention during the probe."""
+    from vllm import SamplingParams
+
+    probe = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+    durations = []
+    for rnd in range(3):
+        for i in range(max_num_seqs):
+            engine.add_request(f"probe{rnd}-{i}", "warm up the engine", probe)
+        while engine.has_unfinished_requests():
+            t0 = time.time()
+            engine.step()
+            if rnd:
+                durations.append(time.time() - t0)
+    return median(durations)
 
 
 def main():
@@ -214,45 +258,14 @@ def main():
                          "heavy (bounded Pareto, alpha 1.1, 4-2000 tokens)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process core: switch policies
-    from vllm import EngineArgs, SamplingParams
-    from vllm.v1.engine.llm_engine import LLMEngine
-
-    from vllm_esp.testing.tiny_model import make_tiny_model
-
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     kinds = args.trace.split(",")
     for kind in kinds:
         if kind not in TRACES:
             ap.error(f"unknown trace {kind!r}; expected some of {TRACES}")
-    model = make_tiny_model(out_dir / "tiny_model")
-    engine = LLMEngine.from_engine_args(EngineArgs(
-        # room for the heavy trace's 2000-token answers (bimodal never gets near it)
-        model=model, dtype="float32", seed=0, enforce_eager=True, max_model_len=2304,
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=512,
-        scheduler_cls="vllm_esp.scheduling.AliseScheduler",
-        # the swap connector is inert unless the policy swaps (ALISE phases: swap="auto")
-        kv_transfer_config={"kv_connector": "SwapConnector", "kv_role": "kv_both",
-                            "kv_connector_module_path": "vllm_esp.scheduling.swap_connector"},
-        additional_config={"esp": {"policy": "fcfs"}}))
-    sched = engine.engine_core.engine_core.scheduler
-    tokenizer = engine.get_tokenizer()
-
-    # Capacity: time full batches of decodes (after a warm-up round) to set the arrival rate;
-    # the median step is robust to a burst of contention during the probe.
-    probe = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
-    durations = []
-    for rnd in range(3):
-        for i in range(args.max_num_seqs):
-            engine.add_request(f"probe{rnd}-{i}", "warm up the engine", probe)
-        while engine.has_unfinished_requests():
-            t0 = time.time()
-            engine.step()
-            if rnd:
-                durations.append(time.time() - t0)
-    step_s = median(durations)
+    engine, sched, tokenizer = build_engine(out_dir, args.max_num_seqs)
+    step_s = calibrate_step(engine, args.max_num_seqs)
     if args.step_ms is not None:
         print(f"calibrated step {step_s * 1e3:.2f} ms; using --step-ms {args.step_ms}")
         step_s = args.step_ms / 1e3

@@ -21,7 +21,7 @@ EXECUTOR_CHOICES = ("esp", "mp", "uni", "ray")
 # Queue policy inside each instance: fcfs = vLLM's own scheduler; sjf / alise = the
 # length-aware scheduler of vllm_esp.scheduling (shortest predicted job first, + aging).
 POLICY_CHOICES = ("fcfs", "sjf", "alise")
-PREDICTOR_CHOICES = ("retrieval", "online", "oracle", "hint")
+PREDICTOR_CHOICES = ("online", "retrieval", "oracle", "hint")
 # How an instance's workers are started: mp = processes on this node (vLLM's MultiprocExecutor);
 # ray = Ray actors in a placement group per instance, on any node of the Ray cluster
 # (vLLM's RayExecutorV2).

@@ -189,7 +189,11 @@ def add_argument_group(parser: argparse.ArgumentParser) -> bool:
                        "(shortest predicted job first; alise adds aging and preemption). "
                        "Without --executor esp, sjf/alise apply to stock vLLM.")
     group.add_argument("--esp-predictor", choices=PREDICTOR_CHOICES, default=None,
-                       help="Output-length predictor of the sjf/alise policies.")
+                       help="Output-length predictor of the sjf/alise policies: online "
+                       "(default; prompt-template statistics, a dict look-up), retrieval "
+                       "(similar past prompts by a sentence encoder, run in a background "
+                       "process on idle CPU; needs the retrieval extra), oracle or hint (a "
+                       "length in the request's vllm_xargs).")
     group.add_argument("--esp-profile", default=None,
                        help="Cost profile (a JSON from `vllm-esp profile`, or a built-in name) "
                        "with which the global manager plans each step's new requests: which "

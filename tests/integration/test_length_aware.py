@@ -125,3 +125,20 @@ def test_a_pinned_view_stays_ahead_of_shorter_requests():
 
 def test_ring_room_accepts_a_length_aware_queue(alise):
     assert all(views.keeps_front(s) for s in alise.instances)
+
+
+def test_a_prediction_still_to_come_follows_a_moved_request(alise):
+    """A background (retrieval) prediction computed for a request that moved meanwhile is
+    installed on the instance that now holds it, not dropped by the one it left."""
+    src, dst = alise.instances
+    r = _request("m", 32, 40)
+    alise._dispatch(r, among=[0])
+    src._pending_predictions.add("m")  # as if the prediction process had it
+    state = src.release_waiting(r)
+    src.requests.pop("m")
+    src.waiting.remove_request(r)
+    dst.adopt_waiting(r, state)
+    assert "m" not in src._pending_predictions and "m" in dst._pending_predictions
+    src.predictor.poll = lambda: [("m", 321.0)]  # the prediction arrives where it was asked
+    src._collect_predictions()
+    assert dst.jobs["m"].predicted_len == 321.0 and "m" not in dst._pending_predictions

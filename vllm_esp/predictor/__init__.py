@@ -1,9 +1,10 @@
 """Output-length predictors, chosen by name.
 
-    make_predictor("retrieval", encoder="auto", trace_file="past.jsonl")
     make_predictor("online") | make_predictor("oracle") | make_predictor("hint", fallback="online")
+    make_predictor("retrieval", encoder="auto", trace_file="past.jsonl")
 
-The core does not import vLLM; the retrieval encoder imports torch/transformers lazily.
+The core does not import vLLM; the retrieval encoder imports torch/transformers lazily. A
+scheduler runs retrieval in a child process (``background.BackgroundPredictor``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from vllm_esp.predictor.metrics import PredictionErrorTracker, rank_correlation
 from vllm_esp.predictor.oracle import HintPredictor, OraclePredictor
 from vllm_esp.predictor.online import OnlineStatPredictor
 
-PREDICTORS = ("retrieval", "online", "oracle", "hint")
+PREDICTORS = ("online", "retrieval", "oracle", "hint")
 
 
 def make_predictor(name: str, **options: Any) -> LengthPredictor:

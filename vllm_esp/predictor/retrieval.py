@@ -7,7 +7,11 @@ When nothing is close enough the learned fallback (a small MLP from embedding to
 used once it has seen ``mlp_min_samples`` examples, else the mean of everything seen.
 
 The index grows online (``observe``) and can be pre-loaded from a trace file of past requests
-(JSON lines with ``prompt`` and ``output_len``) so a fresh server starts warm.
+(JSON lines with ``prompt`` and ``output_len``) so a fresh server starts warm. It holds at most
+``max_index`` prompts (then the oldest are overwritten), which bounds the search.
+
+This class is synchronous (the simulator and tests call it directly). A scheduler runs it in a
+separate process through ``predictor.background.BackgroundPredictor``.
 """
 
 from __future__ import annotations
@@ -44,11 +48,9 @@ def load_trace(path: str | Path) -> list[tuple[str, int]]:
 class RetrievalPredictor(LengthPredictor):
     name = "retrieval"
     needs_text = True
-
-    @property
-    def is_slow(self) -> bool:
-        """A neural encoder is too slow to run inline in the scheduler loop."""
-        return getattr(self.encoder, "name", "") != "hashing"
+    # A sentence encoder costs 10-100 ms of CPU per prompt: a scheduler never calls this class
+    # on its step path but runs it in a separate process (predictor.background).
+    background = True
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class RetrievalPredictor(LengthPredictor):
         default: float = 128.0,
         trace_file: str | None = None,
         cache_size: int = 4096,
+        query_chunk: int = 64,
     ):
         super().__init__()
         if k < 1 or not -1.0 <= min_similarity <= 1.0 or temperature <= 0 or max_index < 1:
@@ -71,8 +74,10 @@ class RetrievalPredictor(LengthPredictor):
         self.encoder = make_encoder(encoder) if isinstance(encoder, str) else encoder
         self.k, self.min_similarity, self.temperature = k, min_similarity, temperature
         self.max_index, self.mlp_min_samples, self.default = max_index, mlp_min_samples, default
-        self._emb = np.zeros((64, self.encoder.dim), np.float32)
-        self._len = np.zeros(64, np.float32)
+        self.query_chunk = max(int(query_chunk), 1)
+        rows = min(64, max_index)  # grows by doubling up to max_index
+        self._emb = np.zeros((rows, self.encoder.dim), np.float32)
+        self._len = np.zeros(rows, np.float32)
         self._n = 0  # rows filled; once max_index is reached, rows are overwritten round-robin
         self._writes = 0
         self.mlp = OnlineMLP(self.encoder.dim)
@@ -122,10 +127,6 @@ class RetrievalPredictor(LengthPredictor):
                 req.memo["embedding"] = emb
         self.encoded += len(texts)
 
-    def predict_many(self, reqs) -> list[float]:
-        self.embed_many(reqs)
-        return [self.predict(r) for r in reqs]
-
     def _add(self, emb: np.ndarray, length: int) -> None:
         if self._n < self.max_index:
             if self._n == len(self._len):
@@ -153,15 +154,37 @@ class RetrievalPredictor(LengthPredictor):
 
     # -- predictor API -----------------------------------------------------------------------
     def predict(self, req: PredictRequest) -> float:
-        emb = self.embed(req)
-        if self._n:
-            sims = self._emb[: self._n] @ emb
-            k = min(self.k, self._n)
-            top = np.argpartition(-sims, k - 1)[:k]
-            top = top[sims[top] >= self.min_similarity]
-            if len(top):
-                w = np.exp((sims[top] - sims[top].max()) / self.temperature)
-                return clip_prediction(float((w * self._len[top]).sum() / w.sum()), req)
+        return self.predict_many([req])[0]
+
+    def predict_many(self, reqs) -> list[float]:
+        """Embed the batch in one encoder call, then search the index with one matrix product
+        per ``query_chunk`` prompts. The search is bounded: O(stored x dim) per prompt, stored
+        <= ``max_index`` (at the default 100,000 x 384: about 40 M multiply-adds, a few ms)."""
+        reqs = list(reqs)
+        self.embed_many(reqs)
+        out: list[float] = []
+        for i in range(0, len(reqs), self.query_chunk):
+            chunk = reqs[i:i + self.query_chunk]
+            embs = np.stack([r.memo["embedding"] for r in chunk]).astype(np.float32, copy=False)
+            sims = self._emb[: self._n] @ embs.T if self._n else None  # (stored, chunk)
+            for j, req in enumerate(chunk):
+                value = self._vote(sims[:, j]) if sims is not None else None
+                out.append(clip_prediction(value, req) if value is not None
+                           else self._fallback(embs[j], req))
+        return out
+
+    def _vote(self, sims: np.ndarray) -> float | None:
+        """Similarity-weighted mean length of the k nearest stored prompts above the threshold
+        (None when none is close enough)."""
+        k = min(self.k, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[sims[top] >= self.min_similarity]
+        if not len(top):
+            return None
+        w = np.exp((sims[top] - sims[top].max()) / self.temperature)
+        return float((w * self._len[top]).sum() / w.sum())
+
+    def _fallback(self, emb: np.ndarray, req: PredictRequest) -> float:
         self.fallback_used += 1
         if self.mlp.n_seen >= self.mlp_min_samples:
             return clip_prediction(math.exp(float(self.mlp.predict(emb[None])[0])), req)

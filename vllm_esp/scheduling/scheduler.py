@@ -6,7 +6,9 @@
 A subclass of vLLM's ``Scheduler`` that keeps the stock batching, chunked prefill, prefix caching
 and KV accounting, and changes only *order* and *preemption*:
 
-* every waiting request gets a predicted output length at arrival (``vllm_esp.predictor``); its
+* every waiting request gets a predicted output length at arrival (``vllm_esp.predictor``; a
+  slow predictor, retrieval, runs in a child process and the request is ordered by a provisional
+  estimate until its prediction arrives: ``predictor.background``, no step waits for it); its
   priority is its estimated remaining execution time (``priority.PriorityEstimator``), refreshed
   every step from its progress, with aging that bounds any wait;
 * the waiting queue is a ``ScoredRequestQueue`` and the running list is kept sorted the same way,
@@ -23,10 +25,8 @@ The constructor signature is the stock one, so the ESP scheduler can build one p
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter, OrderedDict
 
 from vllm.v1.core.sched.request_queue import create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -35,6 +35,7 @@ from vllm.v1.request import Request, RequestStatus
 from vllm_esp.config import ESPConfig
 from vllm_esp.integration.spanning import views
 from vllm_esp.predictor import PredictionErrorTracker, PredictRequest, make_predictor
+from vllm_esp.predictor.background import BackgroundPredictor, runs_in_background
 from vllm_esp.scheduling.config import SchedulingConfig
 from vllm_esp.scheduling.priority import JobState, PriorityEstimator
 from vllm_esp.scheduling.queue import ScoredRequestQueue
@@ -43,6 +44,7 @@ from vllm_esp.scheduling.swap_connector import SwapConnector
 logger = logging.getLogger(__name__)
 
 _LEARN_FROM = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH_CAPPED)
+_LATE_SCORES = 4096  # finished requests whose prediction is still to come, kept for the metric
 
 
 class AliseScheduler(Scheduler):
@@ -54,22 +56,22 @@ class AliseScheduler(Scheduler):
         self.clock = time.time
         self.jobs: dict[str, JobState] = {}
         self.esp_stats: Counter = Counter()
-        self._tokenizer = None
+        self.predictor = None
         self._now = self.clock()
         self._last_metrics = 0.0
         self._length_preempting = False
         group = self.kv_cache_config.kv_cache_groups[0]
         self._kv_bytes_per_block = group.kv_cache_spec.page_size_bytes * len(group.layer_names)
         self._swap_bytes = 0
-        # Slow predictors (a sentence encoder: ~30-150 ms per prompt on a busy CPU) run on a
-        # background thread so add_request never stalls the engine loop; the request is
-        # ordered by a provisional estimate until the prediction lands (usually 1-2 steps).
-        self._predict_pool: ThreadPoolExecutor | None = None
-        self._pending_predictions: dict[str, Future] = {}
-        self._predictor_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._predict_queue: list[tuple[PredictRequest, Future]] = []
-        self._predict_worker_busy = False
+        # Slow predictors (retrieval: a sentence encoder, 10-100 ms of CPU per prompt) run in a
+        # child process (BackgroundPredictor); a request is ordered by the provisional
+        # estimate until its prediction arrives. Requests still waiting for theirs:
+        self._pending_predictions: set[str] = set()
+        # finished before their prediction arrived: request id -> actual output length
+        self._late_scores: OrderedDict[str, int] = OrderedDict()
+        # moved to another instance before their prediction arrived: request id -> that
+        # instance's scheduler (the prediction is handed on when it comes)
+        self._moved: dict[str, AliseScheduler] = {}
         self.reconfigure(ESPConfig.from_dict(
             (self.vllm_config.additional_config or {}).get("esp")).scheduling)
 
@@ -79,9 +81,15 @@ class AliseScheduler(Scheduler):
         if self.jobs:
             raise RuntimeError("AliseScheduler.reconfigure needs an idle scheduler")
         self.esp = cfg
-        self.predictor = make_predictor(cfg.predictor, **cfg.predictor_options)
-        if getattr(self.predictor, "is_slow", False) and self._predict_pool is None:
-            self._predict_pool = ThreadPoolExecutor(1, thread_name_prefix="esp-predict")
+        self._close_predictor()
+        if runs_in_background(cfg.predictor, cfg.predictor_options):
+            self.predictor = BackgroundPredictor(cfg.predictor, cfg.predictor_options,
+                                                 tokenizer=self._tokenizer_spec())
+        else:
+            self.predictor = make_predictor(cfg.predictor, **cfg.predictor_options)
+        self._pending_predictions.clear()
+        self._late_scores.clear()
+        self._moved.clear()
         self.estimator = PriorityEstimator(cfg, self.predictor)
         self.prediction_error = PredictionErrorTracker()
         self.esp_stats.clear()
@@ -95,6 +103,23 @@ class AliseScheduler(Scheduler):
             logger.info("esp.swap=%s but the SwapConnector is not configured: preemption "
                         "recomputes", cfg.swap)
 
+    def _close_predictor(self) -> None:
+        if isinstance(self.predictor, BackgroundPredictor):
+            self.predictor.close()
+
+    def _tokenizer_spec(self) -> dict | None:
+        """How the prediction process loads this model's tokenizer (it decodes the prompts
+        there, off the step path); None without one (it then embeds the token ids)."""
+        mc = self.vllm_config.model_config
+        if mc is None or mc.skip_tokenizer_init or not mc.tokenizer:
+            return None
+        return {"name": str(mc.tokenizer), "tokenizer_mode": mc.tokenizer_mode,
+                "revision": mc.tokenizer_revision, "trust_remote_code": mc.trust_remote_code}
+
+    def shutdown(self) -> None:
+        self._close_predictor()
+        super().shutdown()
+
     def _key(self, request: Request) -> tuple:
         job = self.jobs.get(request.request_id)
         if job is None:  # not ours (cannot happen for requests added via add_request)
@@ -102,41 +127,18 @@ class AliseScheduler(Scheduler):
         return self.estimator.key(job, self._now)
 
     # ---------------------------------------------------------------- requests ------------
-    def _prompt_text(self, request: Request) -> str | None:
-        if not getattr(self.predictor, "needs_text", False):
-            return None
-        if self._tokenizer is None:
-            try:
-                from vllm.tokenizers import cached_tokenizer_from_config
-
-                self._tokenizer = cached_tokenizer_from_config(self.vllm_config.model_config)
-            except Exception as e:  # no tokenizer: the predictor embeds token ids instead
-                logger.warning("no tokenizer for the retrieval predictor (%s)", e)
-                self._tokenizer = False
-        if not self._tokenizer or request.prompt_token_ids is None:
-            return None
-        return self._tokenizer.decode(request.prompt_token_ids)
-
     def add_request(self, request: Request) -> None:
         if request.request_id not in self.requests:
             params = request.sampling_params
             preq = PredictRequest(
                 prompt_token_ids=request.prompt_token_ids or [],
-                prompt_text=self._prompt_text(request),
                 extra_args=params.extra_args if params is not None else None,
                 max_tokens=request.max_tokens,
             )
-            if getattr(self.predictor, "is_slow", False):
-                predicted = self.predictor.history.mean() or 128.0  # provisional
-                future: Future = Future()
-                self._pending_predictions[request.request_id] = future
-                with self._queue_lock:
-                    self._predict_queue.append((preq, future))
-                    if not self._predict_worker_busy:
-                        self._predict_worker_busy = True
-                        self._predict_pool.submit(self._predict_worker)
-            else:
-                predicted = self._predict(preq)
+            predicted = self._predict(preq)  # provisional for a background predictor
+            if isinstance(self.predictor, BackgroundPredictor) \
+                    and self.predictor.submit(request.request_id, preq):
+                self._pending_predictions.add(request.request_id)
             now = self.clock()
             self.jobs[request.request_id] = JobState(
                 req_id=request.request_id, arrival=request.arrival_time,
@@ -146,58 +148,57 @@ class AliseScheduler(Scheduler):
 
     def _predict(self, preq: PredictRequest) -> float:
         try:
-            with self._predictor_lock:
-                return self.predictor.predict(preq)
+            return self.predictor.predict(preq)
         except ValueError as e:  # a malformed client hint must not kill the engine
             logger.warning("length prediction failed (%s); using the mean length", e)
             return self.predictor.history.mean() or 128.0
 
-    def _predict_worker(self) -> None:
-        """Background thread: predict every queued request, in batches (one encoder call for
-        all that arrived since the last one), until the queue is empty."""
-        while True:
-            with self._queue_lock:
-                batch, self._predict_queue = self._predict_queue, []
-                if not batch:
-                    self._predict_worker_busy = False
-                    return
-            preqs = [p for p, _ in batch]
-            try:
-                with self._predictor_lock:
-                    values = self.predictor.predict_many(preqs)
-            except Exception as e:  # a bad request must not leave the others unresolved
-                logger.warning("batched length prediction failed (%s); one by one", e)
-                values = []
-                for p in preqs:
-                    try:
-                        values.append(self._predict(p))
-                    except Exception as e2:  # never leave a future unresolved
-                        logger.warning("length prediction failed (%s); using the mean", e2)
-                        values.append(self.predictor.history.mean() or 128.0)
-            for (_, future), value in zip(batch, values):
-                future.set_result(value)
-
     def _collect_predictions(self) -> None:
-        for req_id in [r for r, f in self._pending_predictions.items() if f.done()]:
-            future = self._pending_predictions.pop(req_id)
-            job = self.jobs.get(req_id)
-            if job is not None:
-                job.predicted_len = future.result()
+        """Install the predictions the background predictor has finished (never waits)."""
+        for req_id, value in self.predictor.poll():
+            owner = self._moved.pop(req_id, self)
+            owner._install_prediction(req_id, value)
+
+    def _install_prediction(self, req_id: str, value: float | None) -> None:
+        self._pending_predictions.discard(req_id)
+        if value is None:
+            return  # rejected by the predictor: the provisional estimate stays
+        job = self.jobs.get(req_id)
+        if job is not None:
+            job.predicted_len = value
+        elif req_id in self._late_scores:  # finished first: score it now
+            self.prediction_error.record(value, self._late_scores.pop(req_id))
 
     def _free_request(self, request: Request, delay_free_blocks: bool = False):
         job = self.jobs.pop(request.request_id, None)
-        future = self._pending_predictions.pop(request.request_id, None)
         if job is not None:
-            if future is not None:
-                job.predicted_len = future.result()  # score the real prediction
-            if request.status in _LEARN_FROM:
-                out = request.num_output_tokens
-                self.prediction_error.record(job.predicted_len, out)
-                with self._predictor_lock:
-                    self.predictor.observe(job.predict_req, out)
-                self.estimator.record_latency(self.clock() - request.arrival_time)
+            self._learn(job, request)
             self._release_swap(job)
         return super()._free_request(request, delay_free_blocks)
+
+    def _learn(self, job: JobState, request: Request) -> None:
+        """Score the prediction and teach the predictor. A background prediction still to come
+        is scored when it arrives, and the child learns after predicting: nothing waits."""
+        pending = request.request_id in self._pending_predictions
+        self._pending_predictions.discard(request.request_id)
+        background = isinstance(self.predictor, BackgroundPredictor)
+        if request.status not in _LEARN_FROM:
+            if background:
+                self.predictor.forget(request.request_id)
+            return
+        out = request.num_output_tokens
+        if pending:
+            self.esp_stats["prediction_late"] += 1
+            self._late_scores[request.request_id] = out
+            while len(self._late_scores) > _LATE_SCORES:
+                self._late_scores.popitem(last=False)
+        else:
+            self.prediction_error.record(job.predicted_len, out)
+        if background:
+            self.predictor.observe(job.predict_req, out, key=request.request_id)
+        else:
+            self.predictor.observe(job.predict_req, out)
+        self.estimator.record_latency(self.clock() - request.arrival_time)
 
     # ---------------------------------------------------------------- scheduling ----------
     def _sync(self, job: JobState, request: Request) -> None:
@@ -208,7 +209,7 @@ class AliseScheduler(Scheduler):
 
     def schedule(self, *args, **kwargs):
         self._now = now = self.clock()
-        if self._pending_predictions:
+        if isinstance(self.predictor, BackgroundPredictor):
             self._collect_predictions()
         for req_id, job in self.jobs.items():
             request = self.requests.get(req_id)
@@ -223,6 +224,8 @@ class AliseScheduler(Scheduler):
         for req_id, job in self.jobs.items():
             request = self.requests.get(req_id)
             if job.waiting and request is not None and request.status == RequestStatus.RUNNING:
+                if job.run_start_step < 0 and req_id in self._pending_predictions:
+                    self.esp_stats["scheduled_provisional"] += 1
                 job.waiting = False
                 job.waited += now - job.wait_since
                 job.run_start_step = self.current_step
@@ -231,6 +234,8 @@ class AliseScheduler(Scheduler):
             if job.swapped_tokens and isinstance(self.connector, SwapConnector) \
                     and not self.connector.swapped_tokens(req_id):
                 self._release_swap(job)
+        if isinstance(self.predictor, BackgroundPredictor):
+            self.predictor.flush()  # sent while the model runs
         self._maybe_publish_metrics(now)
         return out
 
@@ -358,6 +363,9 @@ class AliseScheduler(Scheduler):
         out = dict(self.esp_stats)
         out.update({f"prediction_{k}": v for k, v in self.prediction_error.snapshot().items()})
         out["swap_bytes"] = self._swap_bytes
+        if isinstance(self.predictor, BackgroundPredictor):
+            out.update({f"predictor_{k}": v for k, v in self.predictor.stats.items()})
+            out["predictor_alive"] = self.predictor.alive
         if isinstance(self.connector, SwapConnector):
             out["swap_in"] = self.connector.stats["swap_in"]
         return out
@@ -372,17 +380,20 @@ class AliseScheduler(Scheduler):
 
     def release_waiting(self, request: Request) -> tuple | None:
         """A waiting request that never ran leaves for another instance (ESP re-routing,
-        ``views.move_waiting``): its job (prediction, wait so far) and any prediction still
-        being computed go with it."""
+        ``views.move_waiting``): its job (prediction, wait so far) goes with it, and so does
+        a background prediction still being computed (handed on when it arrives)."""
         job = self.jobs.pop(request.request_id, None)
         if job is None:
             return None
-        return job, self._pending_predictions.pop(request.request_id, None)
+        pending = request.request_id in self._pending_predictions
+        self._pending_predictions.discard(request.request_id)
+        return job, (self if pending else None)
 
     def adopt_waiting(self, request: Request, state: tuple) -> None:
         """The other end of ``release_waiting``: no new prediction, the wait keeps aging."""
-        job, future = state
+        job, source = state
         self.jobs[request.request_id] = job
-        if future is not None:
-            self._pending_predictions[request.request_id] = future
+        if source is not None:
+            source._moved[request.request_id] = self
+            self._pending_predictions.add(request.request_id)
         Scheduler.add_request(self, request)

@@ -25,7 +25,7 @@ from vllm_esp.testing.engines import (
     esp_scheduler,
     generate_once,
     make_engine,
-    record_kv_usage,
+    record_each_step,
 )
 
 from tests.planner.helpers import cost_model
@@ -76,7 +76,10 @@ def run(tiny_models, tmp_path_factory):
                           additional_config={"esp": {"instances": 2, "profile": profile}})
     try:
         sched = esp_scheduler(llm)
-        usage = record_kv_usage(sched)
+        # used blocks per instance once every instance's step is in (on their own clocks
+        # one instance's output can arrive while its ring partner is still computing)
+        usage = record_each_step(sched, lambda: None if sched.in_flight else
+                                 [u.used_blocks for u in sched.pool.usages()])
         before = sum(sched.stats.esp_bytes_sent)
         out["one_token"] = llm.generate([long_prompt], _greedy(1), use_tqdm=False)
         out["prefill_bytes"] = sum(sched.stats.esp_bytes_sent) - before
@@ -85,7 +88,7 @@ def run(tiny_models, tmp_path_factory):
         before = sum(sched.stats.esp_bytes_sent)
         out["long"] = llm.generate([long_prompt], _greedy(40), use_tqdm=False)
         out["long_bytes"] = sum(sched.stats.esp_bytes_sent) - before
-        out["long_usage"] = list(usage)
+        out["long_usage"] = [u for u in usage if u is not None]
         out["long_stats"] = sched.esp_stats()
         out["short"] = llm.generate([_tokens(80, 2)], _greedy(8), use_tqdm=False)
         out["short_stats"] = sched.esp_stats()

@@ -95,8 +95,9 @@ def test_length_prediction_error_reaches_metrics(servers):
     assert "vllm_esp:length_prediction_spearman{" in text
 
 
-def _stream(srv, prompt, out: dict, key: int):
-    """Stream one greedy completion; record its text and when tokens arrived."""
+def _stream(srv, prompt, out: dict, key: int, progress: dict | None = None):
+    """Stream one greedy completion; record its text and when tokens arrived (``progress``:
+    tokens so far, while it runs)."""
     r = _post(srv, "/v1/completions", {"prompt": prompt, "max_tokens": 64, "temperature": 0,
                                        "stream": True, "ignore_eos": True}, stream=True,
               timeout=300)
@@ -110,6 +111,8 @@ def _stream(srv, prompt, out: dict, key: int):
             return
         text += event["choices"][0]["text"]
         times.append(time.monotonic())
+        if progress is not None:
+            progress[key] = len(times)
     out[key] = (r.status_code, text, times)
 
 
@@ -135,11 +138,14 @@ def test_losing_one_instance_keeps_the_server_serving(servers):
     workers = _workers(srv)
     assert set(workers) == {"0", "1"}
     out: dict = {}
-    threads = [threading.Thread(target=_stream, args=(srv, p, out, i))
+    progress: dict = {}
+    threads = [threading.Thread(target=_stream, args=(srv, p, out, i, progress))
                for i, p in enumerate(PROMPTS)]
     for t in threads:
         t.start()
-    time.sleep(1.5)  # requests are decoding on both instances
+    deadline = time.monotonic() + 120
+    while len(progress) < len(PROMPTS) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until every request is decoding (on both instances)
     workers["1"].kill()
     killed_at = time.monotonic()
     for t in threads:

@@ -206,8 +206,12 @@ def report_only(saved: dict, out: Path) -> None:
 def summarize(results, keys, loads, slos, step_s) -> str:
     names = [POLICIES[k][0] for k in keys]
     lines = []
+    all_names, all_loads = names, loads
     for kind, res in results.items():
         cap = res["_capacity"]
+        # an interrupted run (incremental JSON): the policies it reached, at the loads all have
+        names = [n for n in all_names if n in res]
+        loads = [ld for ld in all_loads if all(ld in res[n] for n in names)]
         lines += [f"\n### {kind} trace (capacity {cap:.1f} req/s, step {step_s * 1e3:.2f} ms)", "",
                   "| policy | " + " | ".join(f"max rate @ p90 <= {s:g} steps/token" for s in slos)
                   + " |", "|---|" + "---|" * len(slos)]

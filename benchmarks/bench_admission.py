@@ -78,8 +78,8 @@ def run(model: str, admission: str, reqs, args) -> dict:
     ttft = {"s": [], "l": []}
     for rid, out in done.items():
         m = out.metrics
-        if m is not None and m.first_token_ts:
-            ttft[rid[0]].append(m.first_token_ts - m.arrival_time)
+        if m is not None and m.first_token_latency:  # vLLM's TTFT (arrival: wall clock,
+            ttft[rid[0]].append(m.first_token_latency)  # first_token_ts: monotonic)
     row = {"admission": admission, "wall_s": wall, "preemptions": preemptions,
            "max_waiting": max_waiting, "finished": len(done)}
     for k, name in (("s", "short"), ("l", "long")):

@@ -87,8 +87,9 @@ def kernel_checks(dry: bool) -> list[dict]:
     return rows
 
 
-def workload(max_len: int, seed: int = 0):
-    """Mixed prompts up to ``max_len`` tokens; the longest ones spread over 2 instances."""
+def workload(max_len: int, seed: int = 0, spread: bool = True):
+    """Mixed prompts up to ``max_len`` tokens; with ``spread`` the longest ones carry the hint
+    to spread over 2 instances (an engine of one instance refuses that hint, as it should)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -98,7 +99,7 @@ def workload(max_len: int, seed: int = 0):
     prompts, params = [], []
     for i, n in enumerate(lengths):
         prompts.append(TokensPrompt(prompt_token_ids=[rng.randrange(8, 512) for _ in range(n)]))
-        extra = {"esp_instances": 2} if n >= max_len // 4 else None
+        extra = {"esp_instances": 2} if spread and n >= max_len // 4 else None
         if i % 2:
             params.append(SamplingParams(temperature=0.0, max_tokens=32, logprobs=2,
                                          ignore_eos=True, extra_args=extra))
@@ -139,7 +140,7 @@ def run_engine(model: str, config: str, dry: bool, golden: bool, max_len: int) -
     llm = LLM(model, **kw)
     start_s = time.perf_counter() - t0
     try:
-        prompts, params = workload(max_len)
+        prompts, params = workload(max_len, spread=config != "esp-1")
         if not golden:
             llm.generate(prompts[:2], params[:2], use_tqdm=False)  # warm-up
         t0 = time.perf_counter()

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .allocation import allocate
+from .batch_joins import BatchJoins
 from .batching import plan_groups
 from .cost_model import CostModel
 from .decode_plan import (
@@ -143,37 +144,17 @@ class GlobalManager:
             if groups:
                 break
             reqs.pop()  # the longest cannot be placed under max_group_size: retry later
-        owner = {i: b.batch_id for b in paused for i in b.instances}
-        alias: dict[int, int] = {}
-
-        def find(x: int) -> int:
-            while x in alias:
-                x = alias[x]
-            return x
-
-        next_id = state.next_batch_id
+        joins = BatchJoins({i: b.batch_id for b in paused for i in b.instances},
+                           state.next_batch_id)
         for g in groups:
             group = insts[g.i0:g.i1]
             members = reqs[g.r0:g.r1]
             gfree = {i: free[i] for i in group}
             keep = pack_keep_ranges([(r.req_id, r.prefill_len) for r in members], gfree, state.block_size)
             free.update(gfree)
-            kept = {kr.instance_id for rs in keep.values() for kr in rs}
-            touched = sorted({find(owner[i]) for i in kept if i in owner})
-            if touched:
-                target = touched[0]
-                for other in touched[1:]:
-                    alias[other] = target
-            else:
-                target, next_id = next_id, next_id + 1
+            target = joins.target(kr.instance_id for rs in keep.values() for kr in rs)
             plan.prefill.append(PrefillBatch(list(group), [r.req_id for r in members], keep, g.time, target))
-        for pb in plan.prefill:
-            pb.decode_batch_id = find(pb.decode_batch_id)
-        merged: dict[int, list[int]] = {}
-        for x in alias:
-            merged.setdefault(find(x), []).append(x)
-        for target, xs in sorted(merged.items()):
-            plan.scale_events.append(ScaleEvent("merge", target, merged_batch_ids=sorted(xs)))
+        plan.scale_events.extend(joins.finish(plan.prefill))
 
     # ---- step 4b -------------------------------------------------------------------------
     def _plan_decodes(self, view, free, batches: list[BatchView], running, plan) -> None:

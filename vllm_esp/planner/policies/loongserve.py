@@ -33,6 +33,7 @@ prompt whose KV cannot fit the whole pool is rejected, as for every other system
 
 from __future__ import annotations
 
+from ..batch_joins import BatchJoins
 from ..cost_model import CostModel
 from ..kv_pool import blocks_for
 from ..state import ClusterState
@@ -251,35 +252,15 @@ class LoongServePolicy:
         insts = sorted(available, key=lambda i: (used[i], i))
         groups = best_groups([r.prefill_len for r in reqs], [cap - used[i] for i in insts],
                              self.cost)
-        owner = {i: b.batch_id for b in pending for i in b.instances}
-        alias: dict[int, int] = {}
-
-        def find(x):
-            while x in alias:
-                x = alias[x]
-            return x
-
-        out, next_id = [], state.next_batch_id
+        joins = BatchJoins({i: b.batch_id for b in pending for i in b.instances},
+                           state.next_batch_id)
+        out = []
         for r0, r1, i0, i1, t in groups:
             members, group = reqs[r0:r1], insts[i0:i1]
             keep = fill_most_used(members, group, used, cap)
-            touched = sorted({find(owner[kr.instance_id]) for rs in keep.values() for kr in rs
-                              if kr.instance_id in owner})
-            if touched:
-                target = touched[0]
-                for other in touched[1:]:
-                    alias[other] = target
-            else:
-                target, next_id = next_id, next_id + 1
-            ids = [r.req_id for r in members]
-            out.append(PrefillBatch(sorted(group), ids, keep, t, target))
-        for pb in out:
-            pb.decode_batch_id = find(pb.decode_batch_id)
-        merged: dict[int, list[int]] = {}
-        for x in alias:
-            merged.setdefault(find(x), []).append(x)
-        events = [ScaleEvent("merge", t, merged_batch_ids=sorted(xs))
-                  for t, xs in sorted(merged.items())]
+            target = joins.target(kr.instance_id for rs in keep.values() for kr in rs)
+            out.append(PrefillBatch(sorted(group), [r.req_id for r in members], keep, t, target))
+        events = joins.finish(out)
         return out, events
 
 
